@@ -1,0 +1,1 @@
+"""mpq-serving: per-layer and per-expert mixed-precision quantization for LLM serving."""
