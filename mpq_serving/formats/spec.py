@@ -14,12 +14,13 @@ class QuantSpec:
 
     `format` is a registered format name; the other fields refine it and are ignored by formats
     they do not concern (a bf16 weight has no group size).  `group_size` -1 means one group per
-    output channel (per-channel); None means the format's default.
+    output channel (per-channel); None (here and in `symmetric`, `granularity`) means the format's
+    default, filled in by `Format.normalize`.
     """
 
     format: str
     group_size: int | None = None
-    symmetric: bool = True
+    symmetric: bool | None = None
     act_order: bool = False
     granularity: Granularity | None = None
     activation: str | None = None
@@ -37,7 +38,7 @@ class QuantSpec:
             parts.append(self.granularity)
         if self.group_size is not None:
             parts.append("per-channel" if self.group_size == -1 else f"g{self.group_size}")
-        if not self.symmetric:
+        if self.symmetric is False:
             parts.append("asym")
         if self.act_order:
             parts.append("act-order")

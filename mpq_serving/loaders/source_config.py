@@ -1,0 +1,161 @@
+"""What a tool's quantization config says about one module: its format and spec.
+
+Understands GPTQ / GPTQModel (`quantize_config.json` or `quantization_config`, incl. `dynamic`
+per-module overrides), AutoAWQ, FP8 block releases (`quant_method: fp8`, `weight_block_size`),
+compressed-tensors (`config_groups`, `ignore`), and our own packed `mpq` checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from ..errors import CheckpointError
+from ..formats import QuantSpec, get_format
+
+
+def module_spec(qconfig: dict[str, Any] | None, module: str, where: str) -> QuantSpec | None:
+    """The spec the checkpoint stores `module` in; None when the module is stored unquantized."""
+    if not qconfig:
+        return None
+    method = str(qconfig.get("quant_method", "")).lower()
+    if method == "gptq":
+        return _gptq(qconfig, module, where)
+    if method == "awq":
+        return _awq(qconfig, module, where)
+    if method == "fp8":
+        return _fp8_block(qconfig, module)
+    if method == "compressed-tensors":
+        return _compressed_tensors(qconfig, module, where)
+    if method == "mpq":
+        entry = qconfig.get("modules", {}).get(module)
+        return None if entry is None else spec_from_dict(entry)
+    raise CheckpointError(f"{where}: quant_method {method!r} is not one mpq-serving reads")
+
+
+def spec_to_dict(spec: QuantSpec) -> dict[str, Any]:
+    return {k: v for k, v in spec.__dict__.items() if v is not None and not (k == "act_order" and v is False)
+            and not (k == "checkpoint_format" and v == "gptq")}
+
+
+def spec_from_dict(data: dict[str, Any]) -> QuantSpec:
+    return QuantSpec(**data)
+
+
+def _bits(qconfig: dict[str, Any], where: str) -> None:
+    bits = qconfig.get("bits", qconfig.get("w_bit", 4))
+    if int(bits) != 4:
+        raise CheckpointError(f"{where}: {bits}-bit weights; only 4-bit GPTQ / AWQ is supported")
+
+
+def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
+    _bits(qc, where)
+    fields = {
+        "group_size": int(qc.get("group_size", 128)),
+        "desc_act": bool(qc.get("desc_act", False)),
+        "sym": bool(qc.get("sym", True)),
+    }
+    for pattern, override in (qc.get("dynamic") or {}).items():
+        negative = pattern.startswith("-:")
+        regex = pattern[2:] if pattern[:2] in ("+:", "-:") else pattern
+        if re.match(regex, module):
+            if negative:
+                return None  # GPTQModel: `-:` excludes the module from quantization
+            _bits(override, f"{where} (dynamic {pattern!r})")
+            fields.update({k: override[k] for k in ("group_size", "desc_act", "sym") if k in override})
+            break
+    fmt = str(qc.get("checkpoint_format", "gptq")).lower()
+    if fmt not in ("gptq", "gptq_v2"):
+        raise CheckpointError(f"{where}: GPTQ checkpoint_format {fmt!r} is not supported (gptq or gptq_v2)")
+    return QuantSpec(
+        "gptq_int4",
+        group_size=int(fields["group_size"]),
+        symmetric=bool(fields["sym"]),
+        act_order=bool(fields["desc_act"]),
+        checkpoint_format=fmt,  # type: ignore[arg-type]
+    )
+
+
+def _awq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
+    _bits(qc, where)
+    version = str(qc.get("version", "gemm")).lower()
+    if version != "gemm":
+        raise CheckpointError(f"{where}: AWQ version {version!r}; only the GEMM layout is supported")
+    if any(skip in module for skip in qc.get("modules_to_not_convert") or []):
+        return None
+    return QuantSpec(
+        "awq_int4",
+        group_size=int(qc.get("group_size", qc.get("q_group_size", 128))),
+        symmetric=not bool(qc.get("zero_point", True)),
+    )
+
+
+def _fp8_block(qc: dict[str, Any], module: str) -> QuantSpec | None:
+    if any(module.startswith(m) or module.endswith(m) for m in qc.get("modules_to_not_convert") or []):
+        return None
+    block = qc.get("weight_block_size")
+    if block:
+        if len(block) != 2 or block[0] != block[1]:
+            raise CheckpointError(f"weight_block_size {block}: only square blocks are supported")
+        return QuantSpec("fp8", group_size=int(block[0]), granularity="block")
+    return QuantSpec("fp8", granularity="tensor")
+
+
+def _ct_target_matches(target: str, module: str) -> bool:
+    if target.startswith("re:"):
+        return re.match(target[3:], module) is not None
+    return target == "Linear" or module == target or module.endswith("." + target)
+
+
+def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
+    if any(_ct_target_matches(t, module) for t in qc.get("ignore") or []):
+        return None
+    for group_name, group in (qc.get("config_groups") or {}).items():
+        if not any(_ct_target_matches(t, module) for t in group.get("targets", [])):
+            continue
+        w = group.get("weights") or {}
+        fmt = str(group.get("format") or qc.get("format") or "").lower()
+        act = group.get("input_activations")
+        bits, kind, strategy = int(w.get("num_bits", 16)), w.get("type", "int"), w.get("strategy", "tensor")
+        activation = None
+        if act and act.get("dynamic") and int(act.get("num_bits", 16)) == 8:
+            activation = "fp8" if act.get("type") == "float" else "int8"
+        if "mxfp4" in fmt or (bits == 4 and kind == "float" and w.get("group_size") == 32 and "nvfp4" not in fmt):
+            return QuantSpec("mxfp4", group_size=32)
+        if "mxfp8" in fmt:
+            return QuantSpec("mxfp8", group_size=32)
+        if bits == 8 and kind == "float":
+            if strategy == "block":
+                b = w.get("block_structure") or [128, 128]
+                return QuantSpec("fp8", group_size=int(b[0]), granularity="block", activation=activation)
+            return QuantSpec("fp8", granularity="channel" if strategy == "channel" else "tensor", activation=activation)
+        if bits == 8 and kind == "int" and strategy == "channel":
+            return QuantSpec("int8", activation=activation)
+        if bits == 4 and kind == "int" and strategy in ("group", "channel"):
+            gs = int(w.get("group_size") or -1) if strategy == "group" else -1
+            return QuantSpec("ct_int4", group_size=gs, symmetric=bool(w.get("symmetric", True)))
+        raise CheckpointError(
+            f"{where}: compressed-tensors group {group_name!r} ({bits}-bit {kind}, {strategy}, format {fmt!r}) "
+            "is not a scheme mpq-serving reads"
+        )
+    return None
+
+
+def merge_specs(plan: QuantSpec, stored: QuantSpec, module: str, where: str) -> QuantSpec:
+    """The plan's spec completed by what the source stores; a contradiction is an error naming both."""
+    fmt = get_format(plan.format)
+    if fmt.name != get_format(stored.format).name:
+        raise CheckpointError(
+            f"{where}: module {module} is stored as {stored.describe()}, but the plan asks {plan.describe()}"
+        )
+    merged = stored
+    for field in ("group_size", "granularity", "symmetric"):
+        want, have = getattr(plan, field), getattr(stored, field)
+        if want is not None and have is not None and want != have:
+            raise CheckpointError(
+                f"{where}: module {module} is stored with {field}={have}, but the plan asks {field}={want}"
+            )
+    if plan.activation is not None:
+        merged = replace(merged, activation=plan.activation)
+    return fmt.normalize(merged)
