@@ -1,1 +1,104 @@
-"""placeholder until the format lands."""
+"""INT8 symmetric per-channel weights (compressed-tensors `int-quantized` / `naive-quantized` layout).
+
+q = round(clamp(w / scale, -127, 127)) with torch.round (ties to even), the clamp-then-round
+order of compressed-tensors' `round_to_quantized_type_args`, division in float32.
+
+One deliberate difference from compressed-tensors 0.20: their `calculate_qparams` uses
+scale = amax / 127.5 (half the range [-128, 127]), so the row maximum can land on -128.  We use
+scale = amax / 127 and the symmetric range [-127, 127], the convention of vLLM's dynamic int8
+kernels and SmoothQuant, so that w and -w quantize to negated codes.  Their clamp bound -128 is
+never reached with our scale, so given the same scale both produce the same bytes, and their
+decompressor reads our tensors back to exactly our dequant.  Loading still accepts -128 codes
+from compressed-tensors checkpoints.  An all-zero row gets scale float32 eps (their rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..errors import FormatError
+from .base import Format, TensorLayout, check_finite
+from .registry import register_format
+from .spec import QuantizedTensor, QuantSpec
+
+INT8_MAX = 127.0
+
+
+def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
+    """amax / 127 in float32; exact zeros become float32 eps, as compressed-tensors does.
+
+    Only exact zeros are replaced (not clamped to a floor) so tiny non-zero scales stay as computed.
+    """
+    scale = amax.to(torch.float32) / INT8_MAX
+    eps = torch.tensor(torch.finfo(torch.float32).eps, dtype=torch.float32, device=scale.device)
+    return torch.where(scale == 0, eps, scale)
+
+
+def to_int8(normalized: torch.Tensor) -> torch.Tensor:
+    """Clamp, then round half to even, then cast (the cast alone would truncate toward zero)."""
+    return torch.round(normalized.clamp(-INT8_MAX, INT8_MAX)).to(torch.int8)
+
+
+@register_format
+class INT8(Format):
+    """Symmetric per-channel int8; W8A8 (dynamic per-token int8 activations) when `activation == "int8"`."""
+
+    name = "int8"
+    aliases = ("w8a16",)
+
+    def normalize(self, spec: QuantSpec) -> QuantSpec:
+        spec = spec.with_defaults(granularity="channel", symmetric=True, group_size=-1)
+        if spec.granularity != "channel":
+            raise FormatError(f"{self.name}: only per-channel scales are supported, got granularity {spec.granularity!r}")
+        if spec.group_size != -1:
+            raise FormatError(
+                f"{self.name}: only per-channel scales (group_size -1) are supported, got group_size {spec.group_size}"
+            )
+        if spec.symmetric is False:
+            raise FormatError(f"{self.name}: only symmetric quantization is supported ({spec.describe()})")
+        activation = spec.activation.lower() if spec.activation else None
+        if activation not in (None, "int8"):
+            raise FormatError(
+                f"{self.name}: activation {spec.activation!r} is not supported with int8 weights; "
+                f"use 'int8' (W8A8) or none (weight-only)"
+            )
+        return replace(spec, activation=activation)
+
+    def check_shape(self, spec: QuantSpec, shape: tuple[int, int], name: str = "weight") -> None:
+        super().check_shape(spec, shape, name)
+        if min(shape) <= 0:
+            raise FormatError(f"{name}: {self.name} needs a non-empty weight, got shape {tuple(shape)}")
+
+    def layout(self, spec: QuantSpec, shape: tuple[int, int]) -> TensorLayout:
+        out, inp = shape
+        return {"weight": ((out, inp), torch.int8), "weight_scale": ((out, 1), torch.float32)}
+
+    def quantize(self, weight: torch.Tensor, spec: QuantSpec, name: str = "weight") -> QuantizedTensor:
+        spec = self.normalize(spec)
+        shape = tuple(weight.shape)
+        self.check_shape(spec, shape, name)
+        if not weight.is_floating_point():
+            raise FormatError(f"{name}: {self.name} quantizes a float weight, got dtype {weight.dtype}")
+        check_finite(weight, name)
+        w = weight.detach().to(torch.float32)
+        scale = scale_from_amax(w.abs().amax(dim=1, keepdim=True))
+        return QuantizedTensor(spec, shape, {"weight": to_int8(w / scale).contiguous(), "weight_scale": scale})
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
+        return q.tensors["weight"].to(torch.float32) * q.tensors["weight_scale"].to(torch.float32)
+
+    def matmul(self, x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+        """W8A8: each row of x to int8 (scale amax/127), exact integer matmul, then × x_scale × w_scale.
+
+        The integer products are accumulated in float64, exact while |sum| < 2^53 (any in_features
+        below 2^39), i.e. the same value as an int32-accumulating kernel; the rescale is float64.
+        """
+        if q.spec.activation != "int8":
+            return super().matmul(x, q)
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        x_scale = scale_from_amax(rows.abs().amax(dim=1, keepdim=True))
+        acc = to_int8(rows / x_scale).to(torch.float64) @ q.tensors["weight"].to(torch.float64).t()
+        y = acc * x_scale.to(torch.float64) * q.tensors["weight_scale"].to(torch.float64).t()
+        return y.reshape(*x.shape[:-1], q.shape[0]).to(x.dtype)

@@ -1,0 +1,34 @@
+"""MixedPrecisionLinear: one linear layer holding its weight in its own format's packed tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..formats import QuantizedTensor, QuantSpec
+from ..kernels import linear
+
+
+class MixedPrecisionLinear(nn.Module):
+    """Drop-in for nn.Linear; the packed tensors are buffers named as the format's tool names them
+    (`qweight`, `weight_scale`...), so the state dict matches the packed checkpoint."""
+
+    def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.spec: QuantSpec = q.spec
+        self.out_features, self.in_features = q.shape
+        self._suffixes = tuple(q.tensors)
+        for suffix, tensor in q.tensors.items():
+            self.register_buffer(suffix, tensor)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @property
+    def qtensor(self) -> QuantizedTensor:
+        return QuantizedTensor(self.spec, (self.out_features, self.in_features),
+                               {s: getattr(self, s) for s in self._suffixes})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.qtensor, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.describe()}"

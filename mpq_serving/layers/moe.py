@@ -1,0 +1,63 @@
+"""MixedPrecisionExperts: the experts of one MoE layer, each expert in its own format.
+
+Replaces transformers' fused `experts` module (same call: hidden_states, top_k_index, top_k_weights),
+so the model's own router and shared expert run unchanged.  Experts are grouped by format once at
+load time; each group's experts run through that format's kernel.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .linear import MixedPrecisionLinear
+
+
+class MixedPrecisionExpert(nn.Module):
+    """One gated MLP expert: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, gate_proj: MixedPrecisionLinear, up_proj: MixedPrecisionLinear, down_proj: MixedPrecisionLinear):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
+
+    def forward(self, x: torch.Tensor, act_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return self.down_proj(act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    @property
+    def format_key(self) -> tuple[str, ...]:
+        return tuple(p.spec.describe() for p in (self.gate_proj, self.up_proj, self.down_proj))
+
+
+class MixedPrecisionExperts(nn.Module):
+    def __init__(self, experts: list[MixedPrecisionExpert], act_fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+        self.num_experts = len(experts)
+        self.act_fn = act_fn
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for i, e in enumerate(experts):
+            groups[e.format_key].append(i)
+        self.format_groups = dict(groups)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        flat_experts = top_k_index.reshape(-1)
+        token_of = torch.arange(hidden_states.shape[0], device=hidden_states.device).repeat_interleave(top_k_index.shape[1])
+        weights = top_k_weights.reshape(-1)
+        hit = set(torch.unique(flat_experts).tolist())
+        for members in self.format_groups.values():
+            for e in members:
+                if e not in hit:
+                    continue
+                sel = (flat_experts == e).nonzero(as_tuple=True)[0]
+                tokens = token_of[sel]
+                y = self.experts[e](hidden_states[tokens], self.act_fn)
+                out.index_add_(0, tokens, (y * weights[sel, None].to(y.dtype)).to(out.dtype))
+        return out
+
+    def extra_repr(self) -> str:
+        groups = ", ".join(f"{'/'.join(sorted(set(k)))}: {len(v)}" for k, v in self.format_groups.items())
+        return f"num_experts={self.num_experts}, format groups: {groups}"

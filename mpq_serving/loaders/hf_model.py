@@ -1,0 +1,190 @@
+"""`load_model`: a transformers model whose linear layers and MoE experts are our mixed-precision modules.
+
+The model is built on the meta device (no bf16 copy of the weights is ever made), each linear is
+replaced by a MixedPrecisionLinear holding its packed tensors, each MoE `experts` module by a
+MixedPrecisionExperts, and the remaining tensors (embeddings, norms, routers) are read from the
+checkpoint.  This HF path is the reference the engine plugins are compared to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..errors import CheckpointError, MPQError
+from ..formats import QuantizedTensor, get_format
+from ..layers.linear import MixedPrecisionLinear
+from ..layers.moe import MixedPrecisionExpert, MixedPrecisionExperts
+from ..plan import Plan, load_plan
+from .checkpoint import Checkpoint
+from .pack import QUANT_METHOD
+from .source_config import spec_from_dict
+from .true_mixed import TrueMixedPrecisionLoader
+
+_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)$")
+_ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+_FLOAT = {"bf16", "fp16", "fp32"}
+
+
+def is_packed(path: str | Path) -> bool:
+    """True for a folder written by `mpq pack` (config.json quant_method "mpq")."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return False
+    return _quant_method(path) == QUANT_METHOD
+
+
+def _quant_method(path: Path) -> str | None:
+    import json
+
+    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    return qc.get("quant_method")
+
+
+class _PackedSource:
+    """Modules of a packed checkpoint, read one at a time."""
+
+    def __init__(self, path: Path):
+        self.checkpoint = Checkpoint(path)
+        qc = self.checkpoint.quantization_config or {}
+        self.modules = {name: (spec_from_dict({k: v for k, v in e.items() if k != "shape"}), tuple(e["shape"]))
+                        for name, e in qc.get("modules", {}).items()}
+
+    def iter_modules(self) -> Iterator[tuple[str, QuantizedTensor]]:
+        for name, (spec, shape) in self.modules.items():
+            fmt = get_format(spec.format)
+            tensors = {s: self.checkpoint.read(f"{name}.{s}") for s in fmt.layout(spec, shape)}
+            yield name, fmt.from_tensors(tensors, spec, shape, name=f"{self.checkpoint.path}:{name}")
+
+    def other_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        owned = set()
+        for name, (spec, shape) in self.modules.items():
+            owned.update(f"{name}.{s}" for s in get_format(spec.format).layout(spec, shape))
+        for name in self.checkpoint.tensors:
+            if name not in owned:
+                yield name, self.checkpoint.read(name)
+
+
+def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = None, *,
+               dtype: torch.dtype = torch.bfloat16, progress: bool = True) -> nn.Module:
+    """A ready transformers model with mixed-precision modules swapped in.
+
+    `path_or_plan`: a packed folder (`mpq pack`), a plan file or Plan (then `model_dir` or the plan's
+    base_model_path names the base model), or a plain HF folder (loaded as is).
+    """
+    if isinstance(path_or_plan, Plan) or Path(path_or_plan).is_file():
+        plan = path_or_plan if isinstance(path_or_plan, Plan) else load_plan(path_or_plan)
+        source = TrueMixedPrecisionLoader(plan, model_dir)
+        config_dir = source.reference.path
+        modules = source.iter_modules(progress=progress)
+    elif is_packed(path_or_plan):
+        source = _PackedSource(Path(path_or_plan))
+        config_dir = Path(path_or_plan)
+        modules = source.iter_modules()
+    else:
+        return AutoModelForCausalLM.from_pretrained(path_or_plan, dtype=dtype).eval()
+
+    config = AutoConfig.from_pretrained(config_dir)
+    config.__dict__.pop("quantization_config", None)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    rename = _renamer(model)
+    experts: dict[str, dict[int, dict[str, QuantizedTensor]]] = defaultdict(lambda: defaultdict(dict))
+    pending_bias: dict[str, MixedPrecisionLinear] = {}
+    for name, q in modules:
+        m = _EXPERT.match(rename(name))
+        if m:
+            experts[m["prefix"]][int(m["e"])][_ROLE[m["proj"]]] = q
+            continue
+        target = rename(name)
+        module = _get(model, target, name)
+        if isinstance(module, nn.Linear):
+            new = MixedPrecisionLinear(q)
+            _set_module(model, target, new)
+            if module.bias is not None:
+                pending_bias[target] = new
+        elif q.format in _FLOAT and isinstance(getattr(module, "weight", None), nn.Parameter):
+            module.weight = nn.Parameter(get_format(q.format).dequantize(q).to(dtype), requires_grad=False)
+        else:
+            raise MPQError(f"{name}: the plan gives it {q.spec.describe()}, but it is a {type(module).__name__}, "
+                           "not a linear layer or MoE expert mpq-serving can replace")
+    for prefix, by_expert in experts.items():
+        _replace_experts(model, prefix, by_expert)
+    for name, tensor in source.other_tensors():
+        target = rename(name)
+        owner, _, leaf = target.rpartition(".")
+        if owner in pending_bias and leaf == "bias":
+            pending_bias.pop(owner).bias = nn.Parameter(tensor.to(dtype), requires_grad=False)
+            continue
+        _set_tensor(model, target, tensor, dtype, name)
+    _finish(model, config, dtype)
+    return model.eval()
+
+
+def _renamer(model: nn.Module):
+    """Checkpoint name → model name: transformers 5 renames Mixtral's `block_sparse_moe` to `mlp`."""
+    names = {n for n, _ in model.named_modules()}
+    if any(".block_sparse_moe" in n for n in names):
+        return lambda n: n
+    return lambda n: n.replace(".block_sparse_moe.", ".mlp.")
+
+
+def _get(model: nn.Module, target: str, original: str) -> nn.Module:
+    try:
+        return model.get_submodule(target)
+    except AttributeError:
+        raise CheckpointError(f"{original}: no module {target} in {type(model).__name__}; wrong model for this checkpoint?") from None
+
+
+def _set_module(model: nn.Module, target: str, new: nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _replace_experts(model: nn.Module, prefix: str, by_expert: dict[int, dict[str, QuantizedTensor]]) -> None:
+    old = _get(model, prefix, prefix)
+    n = getattr(old, "num_experts", len(by_expert))
+    missing = [e for e in range(n) if set(by_expert.get(e, {})) != {"gate", "up", "down"}]
+    if missing:
+        raise CheckpointError(f"{prefix}: experts {missing[:8]} lack a gate, up or down projection")
+    built = [MixedPrecisionExpert(*(MixedPrecisionLinear(by_expert[e][r]) for r in ("gate", "up", "down"))) for e in range(n)]
+    _set_module(model, prefix, MixedPrecisionExperts(built, old.act_fn))
+
+
+def _set_tensor(model: nn.Module, target: str, tensor: torch.Tensor, dtype: torch.dtype, original: str) -> None:
+    owner_name, _, leaf = target.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+    except AttributeError:
+        raise CheckpointError(f"{original}: the model has no module {owner_name}") from None
+    current = getattr(owner, leaf, None)
+    if not isinstance(current, torch.Tensor):
+        raise CheckpointError(f"{original}: the model has no parameter or buffer {target}")
+    if tuple(current.shape) != tuple(tensor.shape):
+        raise CheckpointError(f"{original}: shape {tuple(tensor.shape)}, the model expects {tuple(current.shape)}")
+    value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    if isinstance(current, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
+    else:
+        owner._buffers[leaf] = value
+
+
+def _finish(model: nn.Module, config, dtype: torch.dtype) -> None:
+    """Tie lm_head, rebuild computed buffers (rotary tables), and refuse anything still unloaded."""
+    if getattr(config, "tie_word_embeddings", False):
+        head = model.get_output_embeddings()
+        if isinstance(head, nn.Linear) and head.weight.is_meta:
+            head.weight = model.get_input_embeddings().weight
+    for name, module in list(model.named_modules()):
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            with torch.device("cpu"):
+                _set_module(model, name, type(module)(config=config))
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"tensors missing from the checkpoint: {', '.join(leftover[:10])}")

@@ -1,0 +1,32 @@
+"""Check a plan against a model before anything loads: one clear message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import MPQError
+from ..loaders.sources import SourceSet
+from .model_weights import linear_weights
+from .resolve import resolve, unmatched_rules
+from .schema import Plan
+
+
+def validate_plan(plan: Plan, model_dir: str | Path) -> list[str]:
+    """Every problem found: rules matching nothing, shapes a format cannot take, missing sources / tensors."""
+    problems: list[str] = []
+    try:
+        weights = linear_weights(model_dir)
+        names = [w.name for w in weights]
+        for i in unmatched_rules(plan, names):
+            problems.append(f"overrides[{i}] pattern {plan.overrides[i].pattern!r} matches no weight of {model_dir}")
+        resolved = resolve(plan, names)
+    except MPQError as e:
+        return problems + [str(e)]
+    sources = SourceSet(plan.sources, plan.base_model_path or model_dir)
+    for w in weights:
+        spec = resolved[w.name].spec
+        try:
+            sources.locate(w.name, spec, w.shape)
+        except MPQError as e:
+            problems.append(str(e))
+    return problems
