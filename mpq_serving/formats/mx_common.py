@@ -89,7 +89,7 @@ class MXFormat(Format):
         return stored
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
-        spec = spec.with_defaults(group_size=BLOCK_SIZE)
+        spec = spec.with_defaults(group_size=BLOCK_SIZE, symmetric=True)
         if spec.group_size != BLOCK_SIZE:
             raise FormatError(
                 f"{self.name}: the OCP MX block size is fixed at {BLOCK_SIZE}, got group size {spec.group_size}"
@@ -109,6 +109,8 @@ class MXFormat(Format):
 
     def check_shape(self, spec: QuantSpec, shape: tuple[int, int], name: str = "weight") -> None:
         super().check_shape(spec, shape, name)
+        if min(shape) <= 0:
+            raise FormatError(f"{name}: {self.name} needs a non-empty weight, got shape {tuple(shape)}")
         if shape[1] % BLOCK_SIZE:
             raise FormatError(
                 f"{name}: in_features {shape[1]} is not a multiple of the {self.name} block size {BLOCK_SIZE}; "

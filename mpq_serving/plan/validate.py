@@ -23,6 +23,11 @@ def validate_plan(plan: Plan, model_dir: str | Path) -> list[str]:
     except MPQError as e:
         return problems + [str(e)]
     sources = SourceSet(plan.sources, plan.base_model_path or model_dir)
+    for fmt in plan.sources:
+        try:
+            sources.source(fmt)
+        except MPQError as e:
+            problems.append(str(e))
     for w in weights:
         spec = resolved[w.name].spec
         try:
