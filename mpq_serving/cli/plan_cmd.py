@@ -14,18 +14,13 @@ from ..plan import load_plan, resolve, save_plan
 from ..plan.bits import average_bits
 from ..plan.model_weights import linear_weights
 from ..plan.validate import validate_plan
+from .common import err, fail
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 PlanArg = typer.Argument(..., help="Plan file (.json or .yaml).", show_default=False)
 ModelOpt = typer.Option(..., "--model", help="Model folder (safetensors) the plan applies to.")
-
-
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @app.command("validate")

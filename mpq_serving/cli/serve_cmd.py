@@ -1,0 +1,47 @@
+"""`mpq serve`: serve a model, a packed folder or a plan behind the OpenAI API."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from ..errors import MPQError
+from .common import fail, resolve_model
+
+
+class Engine(str, Enum):
+    hf = "hf"
+
+
+def serve(
+    model_or_plan: str = typer.Argument(..., help="Packed folder, model folder / demo name, or a plan file (.json/.yaml)."),
+    model: str | None = typer.Option(None, "--model", help="Base model (folder or demo name) when serving a plan."),
+    engine: Engine = typer.Option(Engine.hf, "--engine", help="Serving engine."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    served_name: str | None = typer.Option(None, "--served-model-name", help="Name clients use (default: folder name)."),
+) -> None:
+    """Serve with the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming)."""
+    from transformers import AutoTokenizer
+
+    from ..loaders.hf_model import load_model
+    from ..server.runner import run_server
+
+    target = Path(model_or_plan)
+    try:
+        if target.is_file():
+            folder = resolve_model(model) if model else None
+            loaded = load_model(target, folder)
+            tokenizer_dir = folder or Path(loaded.config._name_or_path or ".")
+            name = served_name or target.stem
+        else:
+            folder = resolve_model(model_or_plan)
+            loaded = load_model(folder)
+            tokenizer_dir = folder
+            name = served_name or folder.name
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (MPQError, OSError) as e:
+        fail(str(e))
+    run_server(loaded, tokenizer, name, host, port)
