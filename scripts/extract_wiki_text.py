@@ -169,8 +169,8 @@ Authors: the Wikipedia contributors to each article below; the full revision his
 Wikipedia. Changes made here: wiki markup, templates, tables, references, images and the "References",
 "External links", "See also" (and similar) sections were removed with `mwparserfromhell`, whitespace was
 normalised, only the first ~{max_chars} characters (whole lines) of each article were kept, whole
-articles were assigned to one of the two files, and the last article of each file is cut
-at a line boundary; only the first ~5,000 characters of each article are kept. These derived files are shared under CC BY-SA 4.0.
+articles were assigned to one of the two files, and the last article of each file is cut at a line
+boundary. These derived files are shared under CC BY-SA 4.0.
 
 Regenerate with `scripts/extract_wiki_text.py` (its docstring says how).
 
@@ -205,7 +205,7 @@ def main() -> None:
     (args.out / "wiki_calib.txt").write_text(calib_text, encoding="utf-8")
     (args.out / "ATTRIBUTION.md").write_text(ATTRIBUTION.format(
         eval_kb=len(eval_text.encode()) // 1000, calib_kb=len(calib_text.encode()) // 1000,
-        n_eval=len(evals), n_calib=len(calibs), dump=DUMP_IN_WHEEL,
+        n_eval=len(evals), n_calib=len(calibs), dump=DUMP_IN_WHEEL, max_chars=f"{MAX_ARTICLE_CHARS:,}",
         eval_titles="\n".join(f"- {a.title}" for a in evals),
         calib_titles="\n".join(f"- {a.title}" for a in calibs),
     ), encoding="utf-8")

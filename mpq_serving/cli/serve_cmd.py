@@ -34,7 +34,7 @@ def serve(
         if target.is_file():
             folder = resolve_model(model) if model else None
             loaded = load_model(target, folder)
-            tokenizer_dir = folder or Path(loaded.config._name_or_path or ".")
+            tokenizer_dir = folder or Path(loaded.config._name_or_path)
             name = served_name or target.stem
         else:
             folder = resolve_model(model_or_plan)

@@ -8,6 +8,7 @@ checkpoint.  This HF path is the reference the engine plugins are compared to.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -41,8 +42,6 @@ def is_packed(path: str | Path) -> bool:
 
 
 def _quant_method(path: Path) -> str | None:
-    import json
-
     qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
     return qc.get("quant_method")
 
@@ -124,6 +123,7 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
             continue
         _set_tensor(model, target, tensor, dtype, name)
     _finish(model, config, dtype)
+    model.config._name_or_path = str(config_dir)  # where the tokenizer and generation config live
     return model.eval()
 
 

@@ -70,7 +70,7 @@ class LanguageModel:
         self.max_model_len: int = getattr(model.config.get_text_config(), "max_position_embeddings", None) or int(
             tokenizer.model_max_length
         )
-        eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = frozenset(i for i in [*eos_ids, tokenizer.eos_token_id] if i is not None)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -258,8 +258,8 @@ class Generation:
         """Add new text; if it completes a stop string, cut the text before it and return the string."""
         start = max(0, len(self.text) - self._holdback)
         self.text += text
-        hits = [(i, s) for s in self.params.stop if (i := self.text.find(s, start)) != -1]
-        if not text or not hits:
+        hits = [(i, s) for s in self.params.stop if (i := self.text.find(s, start)) != -1] if text else []
+        if not hits:
             return None
         index, stop = min(hits)
         self.text = self.text[:index]
