@@ -8,9 +8,13 @@ both formats follow one rule.
 
 Scale rule (`"ocp"`, the default): shared exponent X = floor(log2(amax)) - emax_elem, clamped to
 E8M0's [-127, 127]; an all-zero block gets e=0 (X=-127), which is also what OCP's clamp and
-compressed-tensors give, so its dequant is exactly 0.  `"compressed-tensors"` reproduces
-compressed-tensors 0.20's `generate_mx_scales`, which first rounds amax up to the next power of
-two when its significand is >= 1.75 (X one larger than OCP for those blocks).
+compressed-tensors give, so its dequant is exactly 0.  Elements are x / 2^X rounded to nearest
+even, saturating, with the sign of zero kept (a tiny negative stores -0).
+
+`"compressed-tensors"` reproduces compressed-tensors 0.20's `generate_mx_scales` (for mxfp4 and
+mxfp8 alike): amax is first rounded up to the next power of two when its significand is >= 1.75,
+so X is one larger than OCP's for those blocks and identical otherwise.  Its bytes then equal ours
+except that it writes +0 where x / 2^X is exactly -0.0 (an input -0.0, or an underflowing quotient).
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class MXFormat(Format):
         spec = self.normalize(spec)
         shape = tuple(weight.shape)
         self.check_shape(spec, shape, name)
+        if not weight.is_floating_point():
+            raise FormatError(f"{name}: {self.name} quantizes a float weight, got dtype {weight.dtype}")
         w = weight.detach().to(torch.float32)
         check_finite(w, name)
         exps, elements = self._quantize_blocks(w.reshape(shape[0], -1, BLOCK_SIZE), scale_rule)

@@ -73,7 +73,10 @@ def from_gpt_oss(blocks: torch.Tensor, scales: torch.Tensor, name: str = "weight
     return QuantizedTensor(
         QuantSpec("mxfp4", group_size=BLOCK_SIZE),
         (out, groups * BLOCK_SIZE),
-        {"weight_packed": blocks.reshape(out, groups * BLOCK_SIZE // 2).contiguous(), "weight_scale": scales.contiguous()},
+        {
+            "weight_packed": blocks.reshape(out, groups * BLOCK_SIZE // 2).contiguous(),
+            "weight_scale": scales.contiguous(),
+        },
     )
 
 
@@ -84,4 +87,4 @@ def from_gpt_oss_experts(blocks: torch.Tensor, scales: torch.Tensor, name: str =
             f"{name}: gpt-oss expert MXFP4 wants blocks [experts, out, in/32, 16] and scales [experts, out, in/32], "
             f"got {tuple(blocks.shape)} and {tuple(scales.shape)}"
         )
-    return [from_gpt_oss(b, s, f"{name}[{e}]") for e, (b, s) in enumerate(zip(blocks, scales))]
+    return [from_gpt_oss(b, s, f"{name}[{e}]") for e, (b, s) in enumerate(zip(blocks, scales, strict=True))]
