@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ from ..plan.validate import validate_plan
 from .common import err, fail
 
 app = typer.Typer(no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 PlanArg = typer.Argument(..., help="Plan file (.json or .yaml).", show_default=False)
 ModelOpt = typer.Option(..., "--model", help="Model folder (safetensors) the plan applies to.")

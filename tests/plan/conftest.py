@@ -1,44 +1,11 @@
-"""A tiny model folder with Llama / MoE weight names, written as safetensors (headers are what plans read)."""
+"""Fixtures: tiny model folders with Llama and MoE weight names."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
-
-HIDDEN, INTER, EXPERTS = 256, 512, 4
-
-
-def write_model(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config or {"model_type": "llama"}))
-    return folder
-
-
-def tiny_tensors(moe: bool = False) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(64, HIDDEN, generator=g)}
-    for i in range(2):
-        p = f"model.layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            t[f"{p}.self_attn.{proj}.weight"] = torch.randn(HIDDEN, HIDDEN, generator=g) * 0.05
-        t[f"{p}.input_layernorm.weight"] = torch.ones(HIDDEN)
-        if moe:
-            t[f"{p}.mlp.gate.weight"] = torch.randn(EXPERTS, HIDDEN, generator=g)
-            for e in range(EXPERTS):
-                t[f"{p}.mlp.experts.{e}.gate_proj.weight"] = torch.randn(INTER, HIDDEN, generator=g) * 0.05
-                t[f"{p}.mlp.experts.{e}.up_proj.weight"] = torch.randn(INTER, HIDDEN, generator=g) * 0.05
-                t[f"{p}.mlp.experts.{e}.down_proj.weight"] = torch.randn(HIDDEN, INTER, generator=g) * 0.05
-        else:
-            t[f"{p}.mlp.gate_proj.weight"] = torch.randn(INTER, HIDDEN, generator=g) * 0.05
-            t[f"{p}.mlp.up_proj.weight"] = torch.randn(INTER, HIDDEN, generator=g) * 0.05
-            t[f"{p}.mlp.down_proj.weight"] = torch.randn(HIDDEN, INTER, generator=g) * 0.05
-    t["lm_head.weight"] = torch.randn(64, HIDDEN, generator=g)
-    return {k: v.to(torch.bfloat16) for k, v in t.items()}
+from plan_model_folder import tiny_tensors, write_model
 
 
 @pytest.fixture

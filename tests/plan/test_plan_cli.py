@@ -12,7 +12,7 @@ from mpq_serving.cli.main import app
 from mpq_serving.formats import QuantSpec, get_format
 from mpq_serving.plan.model_weights import linear_weights
 
-from .conftest import HIDDEN, INTER, tiny_tensors, write_model
+from plan_model_folder import HIDDEN, INTER, write_model
 
 runner = CliRunner()
 

@@ -106,7 +106,7 @@ def test_malformed_json_and_yaml_name_the_line(tmp_path):
     with pytest.raises(PlanError, match="malformed JSON at line 2"):
         load_plan(write(tmp_path, "p.json", '{"default": {"wq": "bf16"},\n "overrides": [,]}'))
     with pytest.raises(PlanError, match="malformed YAML at line 3"):
-        load_plan(write(tmp_path, "p.yaml", "mixed_precision:\n  weight_mapping:\n    a: [fp8\n"))
+        load_plan(write(tmp_path, "p.yaml", "mixed_precision:\n  weight_mapping:\n    a: fp8: b\n"))
 
 
 def test_duplicate_yaml_key_is_an_error_with_both_lines(tmp_path):
