@@ -9,7 +9,7 @@ before temperature, penalties or truncation), as vLLM reports them by default.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -177,13 +177,6 @@ class Generation:
         bias[list(self.params.logit_bias)] = torch.tensor(list(self.params.logit_bias.values()), device=self.lm.device)
         return bias
 
-    def __iter__(self) -> Iterator[Delta]:
-        """Run to the end in the calling thread."""
-        while self.finish_reason is None:
-            delta = self.step()
-            if delta is not None:
-                yield delta
-
     @torch.inference_mode()
     def step(self) -> Delta | None:
         """Decode one token (the first call runs the prompt); None while all new text is held back."""
@@ -228,13 +221,13 @@ class Generation:
         entries = [first]
         for pos, token in enumerate(ids[1:], start=1):
             texts = self.lm.token_texts(ids[max(0, pos - CONTEXT_TOKENS) : pos], [token, *top_ids[pos - 1]])
-            entries.append(TokenLogprob(texts[0], chosen[pos - 1], tuple(zip(texts[1:], top_lp[pos - 1]))))
+            entries.append(TokenLogprob(texts[0], chosen[pos - 1], tuple(zip(texts[1:], top_lp[pos - 1], strict=True))))
         return entries
 
     def _entry(self, logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
         top_lp, top_ids = (t.tolist() for t in logprobs.topk(k))
         texts = self.lm.token_texts(self.ids, [token, *top_ids])
-        return TokenLogprob(texts[0], float(logprobs[token]), tuple(zip(texts[1:], top_lp)))
+        return TokenLogprob(texts[0], float(logprobs[token]), tuple(zip(texts[1:], top_lp, strict=True)))
 
     def _sample(self, logits: torch.Tensor) -> int:
         p = self.params
