@@ -11,8 +11,12 @@ Quantizer (per output row and group, over the group's columns):
   then clips a group that does not straddle 0 far beyond scale/2);
 * symmetric: scale = amax / 7, zero 8 (AutoAWQ's no-zero-point rule).  GPTQ and compressed-tensors
   use amax / 7.5, which clips one extreme by scale/2 and is not a fixed point: dequantizing and
-  quantizing again changes the scale.  With amax / 7 nothing clips, and quantize(dequantize(q)) == q;
-* asymmetric: scale = (hi - lo) / 15, zero = round(-lo / scale) in [0, 15];
+  quantizing again changes the scale.  With amax / 7 nothing clips, and quantize(dequantize(q)) == q
+  whenever the scales are normal floats (a subnormal scale can overshoot amax / 7 so far that amax
+  rounds to code 6);
+* asymmetric: scale = (hi - lo) / 15, zero = round(-lo / scale) in [0, 15].  Not a fixed point in
+  general: the rounded-up scale can leave the top value on code 14, and then the dequantized range
+  is 14 steps wide (requantizing with the same scales and zeros does reproduce the bytes);
 * the scale is rounded *up* to the stored dtype (never to 0, error if it overflows), so the range
   still fits after rounding and every element lands within scale/2 of its value;
 * codes = round(clamp(w / scale + (zero - 8), -8, 7)) + 8 in float32, ties to even: the signed
@@ -27,14 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FormatError
+from .spec import QuantSpec
 
 NIBBLES = 8  # int4 codes per int32 word
-SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
 
-# AutoAWQ `awq/utils/packing_utils.py` (0.2.9): nibble i of a word holds column 8c + AWQ_ORDER[i];
-# column k sits in nibble AWQ_REVERSE_ORDER[k].
+# AutoAWQ 0.2.9 `awq/utils/packing_utils.py` AWQ_ORDER: nibble i of a word holds column 8c + AWQ_ORDER[i]
+# (so column k sits in nibble AWQ_REVERSE_ORDER[k] = (0, 4, 1, 5, 2, 6, 3, 7)[k]).
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
 @dataclass
@@ -42,19 +45,30 @@ class Int4Parts:
     """The logical content of any int4 layout, in [out, in] orientation.
 
     codes int32 [out, in] in 0..15; scales [out, groups] in the stored float dtype; zeros int32
-    [out, groups] in 0..15 (8 for symmetric); g_idx int64 [in], the group of each input column.
+    [out, groups] in 0..15 (8 for symmetric); g_idx int64 [in], the group of each input column, or
+    None for contiguous groups (column i in group i // (in / groups)), which takes a reshape, not a gather.
     """
 
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
-    g_idx: torch.Tensor
+    g_idx: torch.Tensor | None = None
 
     def dequantize(self) -> torch.Tensor:
         """(code - zero) * scale per element, float32 [out, in]; exact (small ints times a 16-bit float)."""
-        zeros = self.zeros[:, self.g_idx].to(torch.float32)
-        scales = self.scales[:, self.g_idx].to(torch.float32)
-        return (self.codes.to(torch.float32) - zeros) * scales
+        scales, zeros = self.scales.to(torch.float32), self.zeros.to(torch.float32)
+        if self.g_idx is not None:
+            return (self.codes.to(torch.float32) - zeros[:, self.g_idx]) * scales[:, self.g_idx]
+        out_f, in_f = self.codes.shape
+        codes = self.codes.reshape(out_f, scales.shape[1], -1).to(torch.float32)
+        return ((codes - zeros.unsqueeze(-1)) * scales.unsqueeze(-1)).view(out_f, in_f)
+
+    def full_g_idx(self) -> torch.Tensor:
+        """g_idx as a tensor even for contiguous groups (what GPTQ writes)."""
+        if self.g_idx is not None:
+            return self.g_idx
+        in_f = self.codes.shape[1]
+        return contiguous_g_idx(in_f, in_f // self.scales.shape[1], self.codes.device)
 
 
 def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -62,21 +76,23 @@ def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = Non
 
     A length that is not a multiple of 8 is zero-padded, as compressed-tensors' `pack_to_int32` does.
     """
-    x = codes.movedim(dim, -1).to(torch.int64)
+    x = codes.movedim(dim, -1).to(torch.int32)
     pad = -x.shape[-1] % NIBBLES
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
     words = x.reshape(*x.shape[:-1], -1, NIBBLES)
-    if order is not None:
-        words = words[..., list(order)]
-    packed = (words << SHIFTS.to(x.device)).sum(dim=-1)
-    return to_int32(packed).movedim(-1, dim).contiguous()
+    order = order or tuple(range(NIBBLES))
+    packed = words[..., order[0]].clone()
+    for j in range(1, NIBBLES):  # 8 whole-tensor ops; the shift wraps nibble 7 into the sign bit
+        packed |= words[..., order[j]] << (4 * j)
+    return dense(packed.movedim(-1, dim))
 
 
 def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
     """Inverse of `pack_int4`: int32 codes 0..15 with `length` elements along `dim`."""
     p = packed.movedim(dim, -1)
-    nibbles = (p.unsqueeze(-1) >> SHIFTS.to(device=p.device, dtype=p.dtype)) & 0xF
+    shifts = torch.arange(0, 32, 4, dtype=p.dtype, device=p.device)
+    nibbles = (p.unsqueeze(-1) >> shifts) & 0xF  # arithmetic shift: the sign bits are masked off
     if order is not None:
         inverse = sorted(range(NIBBLES), key=lambda k: order[k])
         nibbles = nibbles[..., inverse]
@@ -84,9 +100,25 @@ def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, .
     return codes.to(torch.int32).movedim(-1, dim).contiguous()
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """A copy with row-major strides even on size-1 dims, which `.contiguous()` leaves as they are;
+    compressed-tensors' `unpack_from_int32` views words as bytes and needs stride(-1) == 1."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def to_int32(x: torch.Tensor) -> torch.Tensor:
     """Wrap int64 values modulo 2**32 into int32 (two's complement), as the tools' uint32 words read."""
     return ((x + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+def check_group_size(spec: QuantSpec, fmt: str) -> None:
+    """Group sizes are positive, or -1 for one group per output row."""
+    if spec.group_size is None or (spec.group_size <= 0 and spec.group_size != -1):
+        raise FormatError(f"{fmt}: group_size must be positive or -1 (per-channel), got {spec.group_size}")
+
+
+def n_groups(group_size: int, in_features: int) -> int:
+    return 1 if group_size == -1 else in_features // group_size
 
 
 def contiguous_g_idx(in_features: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -97,25 +129,33 @@ def contiguous_g_idx(in_features: int, group_size: int, device: torch.device | N
 
 def quantize_groups(
     weight: torch.Tensor,
-    g_idx: torch.Tensor,
-    n_groups: int,
+    groups: int,
     *,
+    g_idx: torch.Tensor | None = None,
     symmetric: bool,
     scale_dtype: torch.dtype,
     name: str,
     min_zero: int = 0,
 ) -> Int4Parts:
-    """Round-to-nearest int4 of a finite [out, in] weight, grouped by `g_idx` (see the module docstring).
+    """Round-to-nearest int4 of a finite [out, in] weight in `groups` groups (see the module docstring).
+
+    Groups are contiguous unless `g_idx` (int [in]) assigns each column its group.
 
     `min_zero` 1 keeps asymmetric zeros in 1..15 for GPTQ v1, whose stored zero - 1 must not be -1.
     """
     w = weight.to(torch.float32)
-    out_f, _ = w.shape
-    index = g_idx.to(device=w.device, dtype=torch.int64).expand(out_f, -1)
-    zero = torch.zeros(out_f, n_groups, dtype=torch.float32, device=w.device)
-    # include_self folds the initial 0 into each group: the range always contains 0.
-    hi = zero.scatter_reduce(1, index, w, "amax").double()
-    lo = zero.scatter_reduce(1, index, w, "amin").double()
+    out_f, in_f = w.shape
+    if g_idx is None:
+        grouped = w.reshape(out_f, groups, in_f // groups)
+        hi = grouped.amax(dim=-1).clamp(min=0).double()  # the range always contains 0
+        lo = grouped.amin(dim=-1).clamp(max=0).double()
+    else:
+        g_idx = g_idx.to(device=w.device, dtype=torch.int64)
+        index = g_idx.expand(out_f, -1)
+        zero = torch.zeros(out_f, groups, dtype=torch.float32, device=w.device)
+        # include_self folds the initial 0 into each group: the range always contains 0.
+        hi = zero.scatter_reduce(1, index, w, "amax").double()
+        lo = zero.scatter_reduce(1, index, w, "amin").double()
     if symmetric:
         scales = ceil_to_dtype(torch.maximum(hi, -lo) / 7, scale_dtype, name)
         zeros = torch.full_like(scales, 8, dtype=torch.int32)
@@ -128,14 +168,24 @@ def quantize_groups(
             shifted = ceil_to_dtype(torch.where(low, hi / (15 - min_zero), 0.0), scale_dtype, name)
             scales = torch.where(low, shifted, scales)
             zeros = torch.where(low, min_zero, zeros)
-    s = scales.to(torch.float32)[:, g_idx]
-    z = (zeros - 8).to(torch.float32)[:, g_idx]
-    codes = torch.round(torch.clamp(w / s + z, -8, 7)).to(torch.int32) + 8
-    return Int4Parts(codes, scales, zeros, g_idx.to(torch.int64))
+    s = scales.to(torch.float32)
+    z = (zeros - 8).to(torch.float32)
+    steps = 7 if symmetric else torch.maximum(zeros, 15 - zeros)
+    if torch.isinf(s * steps).any():  # only bfloat16 scales reach this, for |w| near float32's max
+        raise FormatError(
+            f"{name}: weights up to {float(torch.maximum(hi, -lo).max()):.4g} are too close to float32's limit: "
+            "their int4 dequantization would overflow float32"
+        )
+    if g_idx is None:
+        signed = grouped / s.unsqueeze(-1) + z.unsqueeze(-1)
+    else:
+        signed = w / s[:, g_idx] + z[:, g_idx]
+    codes = torch.round(torch.clamp(signed, -8, 7)).to(torch.int32).reshape(out_f, in_f) + 8
+    return Int4Parts(codes, scales, zeros, g_idx)
 
 
 def ceil_to_dtype(raw: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
-    """The smallest positive `dtype` value >= raw (float64), so rounding the scale never clips a value."""
+    """The smallest positive `dtype` value >= raw (a float64 tensor), so rounding the scale never clips."""
     smallest = torch.ones((), dtype=torch.int16).view(dtype)  # the smallest positive subnormal
     raw = raw.clamp(min=float(smallest))
     s = raw.to(dtype)
