@@ -21,13 +21,16 @@ class WeightMemory:
 
 
 def weight_memory(model: nn.Module) -> WeightMemory:
-    """Bits over linear layers (ours and plain nn.Linear); bytes over everything, tied tensors once."""
+    """Bits over linear layers (ours and plain nn.Linear; a head tied to the embeddings is not counted,
+    as in `mpq plan avg-bits`); bytes over everything, tied tensors once."""
     bits, params = 0.0, 0
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = embeddings.weight.data_ptr() if embeddings is not None else None
     for module in model.modules():
         if isinstance(module, MixedPrecisionLinear):
             bits += module.qtensor.nbytes() * 8
             params += module.in_features * module.out_features
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Linear) and module.weight.data_ptr() != tied:
             bits += module.weight.numel() * module.weight.element_size() * 8
             params += module.weight.numel()
     seen, total = set(), 0
