@@ -1,8 +1,8 @@
 """One place that picks the matmul for a packed weight, by format, device and shape.
 
-Today every format runs its torch reference (`Format.matmul`), which dequantizes into a temporary
-and multiplies in float32; faster paths (engine kernels, Triton on GPU, torch's CPU weight-only
-kernels) register here with a `can_run(q, x) -> (ok, reason)` check, tried in priority order.
+Kernels register here with a `can_run(q, x) -> (ok, reason)` check and are tried in priority
+order; the fallback is the format's float32 torch reference (`Format.matmul`).  Engine kernels,
+Triton on GPU and torch's CPU weight-only kernels plug in the same way.
 """
 
 from __future__ import annotations
