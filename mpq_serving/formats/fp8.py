@@ -3,9 +3,11 @@
 Quantization follows compressed-tensors 0.20 step for step so our bytes equal theirs:
 scale = amax / 448 in float32, an all-zero group's scale becomes float32 eps (their
 `calculate_qparams` rule; dequant still gives exact zeros), then `clamp(w / scale, ±448)` cast
-to float8_e4m3fn (round to nearest, ties to even).  Deliberate differences from compressed-tensors:
-the scale is always computed and stored in float32 (they use the weight's dtype, e.g. bf16), and
-block scales are stored as `weight_scale_inv`, the name DeepSeek-V3 / Qwen3-FP8 releases use.
+to float8_e4m3fn (round to nearest, ties to even; -0.0 stored as +0 like theirs).  Deliberate
+differences from compressed-tensors: the scale is always computed and stored in float32 (they use
+the weight's dtype, e.g. bf16), dequantization is float32 whatever the stored scale dtype (theirs
+returns the scale's dtype), and block scales are stored as `weight_scale_inv`, the name
+DeepSeek-V3 / Qwen3-FP8 releases use.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
 
 
 def to_fp8(normalized: torch.Tensor) -> torch.Tensor:
-    """Clamp to ±448 first: torch's cast does not saturate (out-of-range values become NaN)."""
-    return normalized.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    """Clamp to ±448 first: torch's cast does not saturate (out-of-range values become NaN).
+
+    `+ 0.0` turns -0.0 into +0.0: compressed-tensors adds its (zero) zero point after dividing,
+    so a -0.0 weight is stored as 0x00 there, and must be here to match byte for byte.
+    """
+    return (normalized + 0.0).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 def _block_amax(w: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,15 +1,16 @@
 """INT8 symmetric per-channel weights (compressed-tensors `int-quantized` / `naive-quantized` layout).
 
-q = round(clamp(w / scale, -127, 127)) with torch.round (ties to even), the clamp-then-round
-order of compressed-tensors' `round_to_quantized_type_args`, division in float32.
+q = round(clamp(w / scale, -128, 127)): compressed-tensors' `round_to_quantized_type_args` exactly
+(division in float32, clamp to the int8 range, then torch.round, i.e. round half to even).
 
 One deliberate difference from compressed-tensors 0.20: their `calculate_qparams` uses
-scale = amax / 127.5 (half the range [-128, 127]), so the row maximum can land on -128.  We use
-scale = amax / 127 and the symmetric range [-127, 127], the convention of vLLM's dynamic int8
-kernels and SmoothQuant, so that w and -w quantize to negated codes.  Their clamp bound -128 is
-never reached with our scale, so given the same scale both produce the same bytes, and their
-decompressor reads our tensors back to exactly our dequant.  Loading still accepts -128 codes
-from compressed-tensors checkpoints.  An all-zero row gets scale float32 eps (their rule).
+scale = amax / 127.5 (half the width of [-128, 127]), so a row's negative maximum lands on -128.
+We use scale = amax / 127, the convention of vLLM's `dynamic_scaled_int8_quant` and SmoothQuant, so codes
+are symmetric in [-127, 127] and w and -w quantize to negated codes.  (The -128 clamp bound is
+reached only when the scale is a subnormal float32, row amax < 127 * 2^-126, whose rounding can push
+|w / scale| past 127.5.)  Given the same scale both produce the same bytes, their decompressor reads
+our tensors back to exactly our dequant, and their checkpoints load as they are (-128 codes included).
+An all-zero row gets scale float32 eps (their rule), so its dequant is exact zeros.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .registry import register_format
 from .spec import QuantizedTensor, QuantSpec
 
 INT8_MAX = 127.0
+INT8_MIN = -128.0
 
 
 def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
@@ -38,7 +40,7 @@ def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
 
 def to_int8(normalized: torch.Tensor) -> torch.Tensor:
     """Clamp, then round half to even, then cast (the cast alone would truncate toward zero)."""
-    return torch.round(normalized.clamp(-INT8_MAX, INT8_MAX)).to(torch.int8)
+    return torch.round(normalized.clamp(INT8_MIN, INT8_MAX)).to(torch.int8)
 
 
 @register_format
@@ -51,7 +53,9 @@ class INT8(Format):
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(granularity="channel", symmetric=True, group_size=-1)
         if spec.granularity != "channel":
-            raise FormatError(f"{self.name}: only per-channel scales are supported, got granularity {spec.granularity!r}")
+            raise FormatError(
+                f"{self.name}: only per-channel scales are supported, got granularity {spec.granularity!r}"
+            )
         if spec.group_size != -1:
             raise FormatError(
                 f"{self.name}: only per-channel scales (group_size -1) are supported, got group_size {spec.group_size}"
@@ -84,6 +88,13 @@ class INT8(Format):
         check_finite(weight, name)
         w = weight.detach().to(torch.float32)
         scale = scale_from_amax(w.abs().amax(dim=1, keepdim=True))
+        overflow = torch.isinf(scale * INT8_MAX).flatten().nonzero()
+        if overflow.numel():
+            # Only |w| = float32 max itself does this (amax/127 rounds up); fp8's ×448 never does.
+            raise FormatError(
+                f"{name}: row {overflow[0].item()} reaches the float32 limit (|w| = 3.4e38); "
+                f"its {self.name} dequantization (127 × scale) would overflow to inf"
+            )
         return QuantizedTensor(spec, shape, {"weight": to_int8(w / scale).contiguous(), "weight_scale": scale})
 
     def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
@@ -94,6 +105,8 @@ class INT8(Format):
 
         The integer products are accumulated in float64, exact while |sum| < 2^53 (any in_features
         below 2^39), i.e. the same value as an int32-accumulating kernel; the rescale is float64.
+        vLLM's kernel multiplies x by 127/amax instead of dividing by the scale, so its activation
+        codes can differ from these by one where the two roundings straddle a half.
         """
         if q.spec.activation != "int8":
             return super().matmul(x, q)
