@@ -98,17 +98,21 @@ class Plan(BaseModel):
     def spec_of(self, fields: SpecFields) -> QuantSpec:
         """The QuantSpec a rule (or the default) gives: its own fields over the default's.
 
-        Fields neither sets stay None: the format's defaults apply later (`Format.normalize`), so a
+        A rule inherits the default's other fields only when it keeps the default's format.  Fields
+        neither sets stay None: the format's defaults apply later (`Format.normalize`), so a
         source checkpoint can still supply them (a GPTQ release's group size).
         """
         d = self.default
+        fmt = "bf16" if fields.skip else (fields.wq or d.wq or "bf16")
+        same_format = fmt == (d.wq or "bf16")
 
         def pick(attr: str) -> Any:
+            # Format-specific fields (group size, granularity...) are inherited only by rules that keep
+            # the default's format: a g128 GPTQ default says nothing about an fp8 override.
             own = getattr(fields, attr)
-            return own if own is not None else getattr(d, attr)
+            return own if own is not None or not same_format else getattr(d, attr)
 
-        fmt = "bf16" if fields.skip else (pick("wq") or "bf16")
-        aq = pick("aq")
+        aq = fields.aq if fields.aq is not None else (d.aq if same_format else None)
         activation = None if aq is None or aq.lower() in _FLOAT_ACTIVATIONS or aq.lower() == fmt else aq.lower()
         if aq is not None and aq.lower() == fmt and fmt in {"fp8", "int8", "mxfp8", "mxfp4"}:
             activation = fmt  # `wq: int8, aq: int8` is W8A8; `wq: mxfp4, aq: mxfp4` is MX W4A4

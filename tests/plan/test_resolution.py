@@ -82,3 +82,11 @@ def test_router_detection_does_not_catch_gate_proj():
     assert is_protected("model.layers.3.block_sparse_moe.gate")
     assert is_protected("model.layers.3.mlp.shared_expert_gate")
     assert not is_protected("model.layers.3.mlp.gate_proj")
+
+
+def test_an_override_in_another_format_does_not_inherit_the_default_group_size():
+    plan = plan_from_dict({"default": {"wq": "gptq_int4", "group_size": 64, "aq": "bf16"},
+                           "overrides": [{"pattern": "q_proj", "wq": "fp8"}, {"pattern": "down_proj", "act_order": True}]})
+    r = resolve(plan, NAMES)
+    assert r["model.layers.0.self_attn.q_proj"].spec.group_size is None
+    assert r["model.layers.0.mlp.down_proj"].spec.group_size == 64
