@@ -65,7 +65,10 @@ def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
             _bits(override, f"{where} (dynamic {pattern!r})")
             fields.update({k: override[k] for k in ("group_size", "desc_act", "sym") if k in override})
             break
-    fmt = str(qc.get("checkpoint_format", "gptq")).lower()
+    # GPTQModel writes the layout as `format` and (legacy, still read by vLLM) `checkpoint_format`; older
+    # writers only the latter, AutoGPTQ's Marlin repack only `is_marlin_format`.  None of them: v1.
+    fmt = str(qc.get("checkpoint_format") or qc.get("format") or ("marlin" if qc.get("is_marlin_format") else "gptq"))
+    fmt = fmt.lower()
     if fmt not in ("gptq", "gptq_v2"):
         raise CheckpointError(f"{where}: GPTQ checkpoint_format {fmt!r} is not supported (gptq or gptq_v2)")
     return QuantSpec(
@@ -94,12 +97,15 @@ def _awq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
 def _fp8_block(qc: dict[str, Any], module: str) -> QuantSpec | None:
     if any(module.startswith(m) or module.endswith(m) for m in qc.get("modules_to_not_convert") or []):
         return None
+    # `activation_scheme: dynamic` (DeepSeek-V3, Qwen3-FP8): fp8 activations scaled on the fly, as a
+    # compressed-tensors FP8_DYNAMIC / FP8_BLOCK group reads; `static` (AutoFP8) has no dynamic equivalent.
+    activation = "fp8" if str(qc.get("activation_scheme", "")).lower() == "dynamic" else None
     block = qc.get("weight_block_size")
     if block:
         if len(block) != 2 or block[0] != block[1]:
             raise CheckpointError(f"weight_block_size {block}: only square blocks are supported")
-        return QuantSpec("fp8", group_size=int(block[0]), granularity="block")
-    return QuantSpec("fp8", granularity="tensor")
+        return QuantSpec("fp8", group_size=int(block[0]), granularity="block", activation=activation)
+    return QuantSpec("fp8", granularity="tensor", activation=activation)
 
 
 def _ct_target_matches(target: str, module: str) -> bool:
@@ -121,18 +127,31 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
         activation = None
         if act and act.get("dynamic") and int(act.get("num_bits", 16)) == 8:
             activation = "fp8" if act.get("type") == "float" else "int8"
+        mx_scales = "uint8" in str(w.get("scale_dtype"))  # E8M0 scales: compressed-tensors' MX test
         if "mxfp4" in fmt or (bits == 4 and kind == "float" and w.get("group_size") == 32 and "nvfp4" not in fmt):
-            return QuantSpec("mxfp4", group_size=32)
-        if "mxfp8" in fmt:
-            return QuantSpec("mxfp8", group_size=32)
-        if bits == 8 and kind == "float":
-            if strategy == "block":
-                b = w.get("block_structure") or [128, 128]
-                return QuantSpec("fp8", group_size=int(b[0]), granularity="block", activation=activation)
-            return QuantSpec("fp8", granularity="channel" if strategy == "channel" else "tensor", activation=activation)
+            return QuantSpec("mxfp4", group_size=32, activation=_ct_mx_activation(act))
+        if "mxfp8" in fmt or (bits == 8 and kind == "float" and w.get("group_size") == 32 and mx_scales):
+            return QuantSpec("mxfp8", group_size=32, activation=_ct_mx_activation(act))
+        if bits == 8 and kind == "float" and strategy == "block":
+            b = w.get("block_structure") or [128, 128]
+            if len(b) != 2 or b[0] != b[1]:
+                raise CheckpointError(
+                    f"{where}: compressed-tensors group {group_name!r} has block_structure {b}; "
+                    "only square fp8 blocks are supported"
+                )
+            return QuantSpec("fp8", group_size=int(b[0]), granularity="block", activation=activation)
+        if bits == 8 and kind == "float" and strategy in ("tensor", "channel"):
+            return QuantSpec("fp8", granularity=strategy, activation=activation)
         if bits == 8 and kind == "int" and strategy == "channel":
             return QuantSpec("int8", activation=activation)
         if bits == 4 and kind == "int" and strategy in ("group", "channel"):
+            if str(w.get("actorder")).lower() in ("group", "dynamic", "true"):
+                # llm-compressor's GPTQ actorder=group (removed in compressed-tensors 0.20) stores
+                # `weight_g_idx`; ct_int4 has contiguous groups only, so reading it would be silently wrong.
+                raise CheckpointError(
+                    f"{where}: compressed-tensors group {group_name!r} uses actorder={w.get('actorder')!r} "
+                    "(a weight_g_idx permutation); ct_int4 reads contiguous groups only"
+                )
             gs = int(w.get("group_size") or -1) if strategy == "group" else -1
             return QuantSpec("ct_int4", group_size=gs, symmetric=bool(w.get("symmetric", True)))
         raise CheckpointError(
@@ -140,6 +159,13 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
             "is not a scheme mpq-serving reads"
         )
     return None
+
+
+def _ct_mx_activation(act: dict[str, Any] | None) -> str | None:
+    """The MX format of a dynamic per-32 float activation group (MXFP4 / MXFP8 presets), else None."""
+    if not act or not act.get("dynamic") or act.get("type") != "float" or act.get("group_size") != 32:
+        return None
+    return {4: "mxfp4", 8: "mxfp8"}.get(int(act.get("num_bits", 16)))
 
 
 def merge_specs(plan: QuantSpec, stored: QuantSpec, module: str, where: str) -> QuantSpec:

@@ -16,6 +16,12 @@ from .source_config import merge_specs, module_spec
 
 _FLOAT_FORMATS = ("bf16", "fp16", "fp32")
 
+# Other names real tools give a layout tensor, tried when the layout's own name is absent.  A
+# compressed-tensors FP8_BLOCK checkpoint stores the block scales DeepSeek-V3 calls `weight_scale_inv`
+# as `weight_scale` (the same values: dequant = weight x scale per block); fp8's from_tensors reads
+# either, so only the header check needs to know.
+_OTHER_NAMES = {"weight_scale_inv": ("weight_scale",)}
+
 
 @dataclass(frozen=True)
 class Located:
@@ -89,13 +95,15 @@ class SourceSet:
         layout = fmt.layout(merged, shape)
         tensors = {}
         for suffix, (want_shape, _) in layout.items():
-            name = f"{module}.{suffix}"
-            if name not in ckpt:
+            name = _stored_name(ckpt, module, suffix)
+            if name is None:
                 if suffix == "g_idx" and not merged.act_order:
                     continue  # some GPTQ writers omit a trivial g_idx; it is rebuilt on read
-                raise CheckpointError(f"{where}: tensor {name} is missing (needed for {merged.describe()})")
-            have = ckpt.info(name).shape
-            if tuple(have) != tuple(want_shape):
+                raise CheckpointError(f"{where}: tensor {module}.{suffix} is missing (needed for {merged.describe()})")
+            have = tuple(ckpt.info(name).shape)
+            if have == () and tuple(want_shape) == (1,):
+                have = (1,)  # a 0-d per-tensor scale (AutoFP8); from_tensors reshapes it to (1,)
+            if have != tuple(want_shape):
                 raise CheckpointError(
                     f"{ckpt.info(name).file}: tensor {name} has shape {tuple(have)}, expected {tuple(want_shape)} "
                     f"for {merged.describe()} of a {shape[0]}x{shape[1]} weight"
@@ -116,3 +124,11 @@ class SourceSet:
         except FormatError as e:
             raise CheckpointError(str(e)) from None
         return Located(module, spec, ckpt, True, {"weight": name})
+
+
+def _stored_name(ckpt: Checkpoint, module: str, suffix: str) -> str | None:
+    """The checkpoint's name for one layout tensor: the layout's own, else another a real tool uses."""
+    for candidate in (suffix, *_OTHER_NAMES.get(suffix, ())):
+        if f"{module}.{candidate}" in ckpt:
+            return f"{module}.{candidate}"
+    return None
