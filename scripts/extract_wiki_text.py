@@ -100,11 +100,12 @@ def _clean_lines(plain: str) -> str:
             continue
         line = re.sub(r"\(\s*[,;]?\s*\)", "", line)  # parentheses emptied by removed templates
         line = re.sub(r"\s+([,.;:])", r"\1", line).strip()
-        if len(line) < 3 or line.startswith(("|", "!", "{", "}")) or re.fullmatch(r"[\W\d_]+", line):
+        if len(line) < 3 or line.startswith(("|", "!", "{", "}", "[[")) or re.fullmatch(r"[\W\d_]+", line):
             continue
         out.append(line)
     # A heading followed by nothing (its content was all dropped) is noise.
-    kept = [ln for i, ln in enumerate(out) if not (_is_heading_like(ln) and (i + 1 == len(out) or _is_heading_like(out[i + 1])))]
+    kept = [ln for i, ln in enumerate(out)
+            if not (_is_heading_like(ln) and (i + 1 == len(out) or _is_heading_like(out[i + 1])))]
     return "\n".join(kept)
 
 
@@ -158,9 +159,8 @@ def truncate(articles: list[Article], limit: int) -> str:
 ATTRIBUTION = """# Text data: attribution and licence
 
 `wiki_eval.txt` ({eval_kb} KB, {n_eval} articles) and `wiki_calib.txt` ({calib_kb} KB, {n_calib} articles) are
-derived slices of English Wikipedia: the article text of the dump
-`enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2` (2016, MediaWiki 1.27), as
-shipped inside the `gensim` Python wheel (`{dump}`).
+derived slices of English Wikipedia: the article text of a 2016 dump (MediaWiki 1.27) that the `gensim`
+Python wheel ships as test data, `{dump}`.
 
 Wikipedia text is licensed under the Creative Commons Attribution-ShareAlike licence
 ([CC BY-SA 3.0](https://creativecommons.org/licenses/by-sa/3.0/); current text also
