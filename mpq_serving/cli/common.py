@@ -25,12 +25,18 @@ def resolve_model(arg: str | Path) -> Path:
 
         return prepare_smollm2()
     if text == "smollm2-moe":
+        from ..models.hf_folder import OutputExistsError
         from ..models.smollm2 import prepare_smollm2
         from ..models.upcycle import upcycle
 
         dense = prepare_smollm2()
         out = dense.parent / "smollm2-135m-moe-e8-top2"
-        return out if (out / "config.json").is_file() else upcycle(dense, out, experts=8, top_k=2, seed=0)
+        if not (out / "config.json").is_file():
+            try:
+                upcycle(dense, out, experts=8, top_k=2, seed=0)
+            except OutputExistsError:
+                pass  # another process built it meanwhile; its folder is complete (written atomically)
+        return out
     path = Path(text)
     if not path.exists():
         fail(f"{path}: model folder not found (or use a demo name: {', '.join(DEMO_MODELS)})")
