@@ -1,50 +1,161 @@
-"""One place that picks the matmul for a packed weight, by format, device and shape.
+"""One place that picks the matmul for a packed weight, by format, device, dtype and shape.
 
-Kernels register here with a `can_run(q, x) -> (ok, reason)` check and are tried in priority
-order; the fallback is the format's float32 torch reference (`Format.matmul`).  Engine kernels,
-Triton on GPU and torch's CPU weight-only kernels plug in the same way.
+A `Kernel` says whether it can run `(q, x)` and why not (`can_run`, cheap: called every forward),
+optionally turns the packed tensors into the form it computes from (`prepare`, run once per layer),
+and computes `x @ W^T` from that state (`run`).  Kernels are tried in registration order (see
+`kernels/__init__.py`); the last resort is the format's float32 torch reference (`Format.matmul`).
+Kernels always see x as 2-D [rows, in]; `linear` flattens and restores the leading dims.
+
+Prepared states live in a `KernelCache` owned by each layer, so a layer repacks once, on its first
+call.  A state is rebuilt when any packed tensor is replaced, moved, cast or modified in place
+(tensor identity, device, dtype, shape and version counter), which is all the invalidation a
+`model.to(...)` or `load_state_dict` needs; tensors created under `torch.inference_mode` have no
+version counter, so an in-place edit of those needs `layer.kernel_cache.clear()`.  `linear(x, q)`
+without a cache prepares per call.
+`prepare` may raise `Unsupported` for a reason only the data shows (e.g. an act-order g_idx whose
+groups are not uniform); the chooser then moves on to the next kernel, and a cache remembers that.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..formats import QuantizedTensor, get_format
 
-MatmulFn = Callable[[torch.Tensor, QuantizedTensor], torch.Tensor]
+logger = logging.getLogger(__name__)
+
+CanRunFn = Callable[[QuantizedTensor, torch.Tensor], tuple[bool, str]]
+PrepareFn = Callable[[QuantizedTensor], Any]
+RunFn = Callable[[torch.Tensor, QuantizedTensor, Any], torch.Tensor]
+
+
+class Unsupported(Exception):
+    """Raised by `Kernel.prepare` when the packed data (not its spec) rules the kernel out."""
 
 
 @dataclass(frozen=True)
 class Kernel:
-    name: str
-    can_run: Callable[[QuantizedTensor, torch.Tensor], tuple[bool, str]]
-    run: MatmulFn
+    """`run(x [rows, in], q, state) -> y [rows, out]`, with `state = prepare(q)` (None without prepare)."""
 
+    name: str
+    can_run: CanRunFn
+    run: RunFn
+    prepare: PrepareFn | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel picked for one call, its prepared state, and why (including what was skipped)."""
+
+    kernel: Kernel
+    state: Any
+    reason: str
+    skipped: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        text = f"{self.kernel.name} ({self.reason})" if self.reason else self.kernel.name
+        return text + (f"; skipped {'; '.join(self.skipped)}" if self.skipped else "")
+
+
+def _reference_run(x: torch.Tensor, q: QuantizedTensor, state: Any) -> torch.Tensor:
+    return get_format(q.format).matmul(x, q)
+
+
+REFERENCE = Kernel("torch reference", lambda q, x: (True, "float32 reference of the format"), _reference_run)
 
 _KERNELS: list[Kernel] = []
 
 
-def register_kernel(kernel: Kernel, priority_first: bool = True) -> None:
+def register_kernel(kernel: Kernel, priority_first: bool = False) -> None:
+    """Append a kernel (tried after those registered before it), or put it first."""
     _KERNELS.insert(0, kernel) if priority_first else _KERNELS.append(kernel)
 
 
-def choose_kernel(q: QuantizedTensor, x: torch.Tensor) -> tuple[MatmulFn, str]:
-    """The first registered kernel that can run (q, x), else the format's torch reference; and why."""
-    reasons = []
-    for kernel in _KERNELS:
+def registered_kernels() -> tuple[Kernel, ...]:
+    return (*_KERNELS, REFERENCE)
+
+
+Signature = tuple[tuple[object, ...], ...]
+
+
+def _signature(q: QuantizedTensor) -> Signature:
+    """What a prepared state depends on: each packed tensor's identity, placement and version."""
+    return tuple(
+        (k, t.data_ptr(), t.device, t.dtype, tuple(t.shape), None if t.is_inference() else t._version)
+        for k, t in q.tensors.items()
+    )
+
+
+class KernelCache:
+    """Prepared states of one layer, per kernel name; a state is rebuilt when the tensors change."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[Signature, Any, Unsupported | None]] = {}
+
+    def prepare(self, kernel: Kernel, q: QuantizedTensor) -> Any:
+        """The kernel's state for q, prepared on first use; re-raises a cached `Unsupported`."""
+        if kernel.prepare is None:
+            return None
+        sig = _signature(q)
+        hit = self._states.get(kernel.name)
+        if hit is None or hit[0] != sig:
+            try:
+                hit = (sig, kernel.prepare(q), None)
+            except Unsupported as e:
+                hit = (sig, None, e)
+            self._states[kernel.name] = hit
+        if hit[2] is not None:
+            raise hit[2]
+        return hit[1]
+
+    def clear(self) -> None:
+        self._states.clear()
+
+
+def _prepare_uncached(kernel: Kernel, q: QuantizedTensor) -> Any:
+    return None if kernel.prepare is None else kernel.prepare(q)
+
+
+def choose_kernel(q: QuantizedTensor, x: torch.Tensor, cache: KernelCache | None = None) -> Choice:
+    """The first kernel that can run (q, x [rows, in]) and prepare q, with its state and the reasons."""
+    skipped = []
+    for kernel in registered_kernels():
         ok, reason = kernel.can_run(q, x)
-        if ok:
-            return kernel.run, kernel.name
-        reasons.append(f"{kernel.name}: {reason}")
-    fmt = get_format(q.format)
-    return fmt.matmul, "torch reference" + (f" ({'; '.join(reasons)})" if reasons else "")
+        if not ok:
+            skipped.append(f"{kernel.name}: {reason}")
+            continue
+        try:
+            state = cache.prepare(kernel, q) if cache is not None else _prepare_uncached(kernel, q)
+        except Unsupported as e:
+            skipped.append(f"{kernel.name}: {e}")
+            continue
+        return Choice(kernel, state, reason, tuple(skipped))
+    raise AssertionError("unreachable: the torch reference always runs")
 
 
-def linear(x: torch.Tensor, q: QuantizedTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`x @ W^T + b` for a packed W."""
-    fn, _ = choose_kernel(q, x)
-    y = fn(x, q)
+_LOGGED: set[tuple[str, str, str, str]] = set()
+
+
+def _log_choice(q: QuantizedTensor, x: torch.Tensor, choice: Choice) -> None:
+    """INFO once per (format spec, activation dtype, device, kernel): which kernel runs it and why."""
+    key = (q.spec.describe(), str(x.dtype), x.device.type, choice.kernel.name)
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info("%s with %s activations on %s: %s", key[0], x.dtype, x.device.type, choice.describe())
+
+
+def linear(
+    x: torch.Tensor, q: QuantizedTensor, bias: torch.Tensor | None = None, cache: KernelCache | None = None
+) -> torch.Tensor:
+    """`x @ W^T + b` for a packed W; `cache` (one per layer) keeps prepared states across calls."""
+    rows = x.reshape(-1, x.shape[-1])
+    choice = choose_kernel(q, rows, cache)
+    _log_choice(q, rows, choice)
+    y = choice.kernel.run(rows, q, choice.state)
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
     return y if bias is None else y + bias.to(y.dtype)

@@ -6,12 +6,17 @@ import torch
 from torch import nn
 
 from ..formats import QuantizedTensor, QuantSpec
-from ..kernels import linear
+from ..kernels import KernelCache, linear
 
 
 class MixedPrecisionLinear(nn.Module):
     """Drop-in for nn.Linear; the packed tensors are buffers named as the format's tool names them
-    (`qweight`, `weight_scale`...), so the state dict matches the packed checkpoint."""
+    (`qweight`, `weight_scale`...), so the state dict matches the packed checkpoint.
+
+    `kernel_cache` holds what the chosen kernel prepared from the buffers on the first call (e.g.
+    torch's int4pack layout), outside the state dict; it is rebuilt by itself when a buffer is
+    replaced, moved, cast or modified in place (see kernels/dispatch.py).
+    """
 
     def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None = None):
         super().__init__()
@@ -21,6 +26,7 @@ class MixedPrecisionLinear(nn.Module):
         for suffix, tensor in q.tensors.items():
             self.register_buffer(suffix, tensor)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.kernel_cache = KernelCache()
 
     @property
     def qtensor(self) -> QuantizedTensor:
@@ -28,7 +34,7 @@ class MixedPrecisionLinear(nn.Module):
                                {s: getattr(self, s) for s in self._suffixes})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.qtensor, self.bias)
+        return linear(x, self.qtensor, self.bias, self.kernel_cache)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.describe()}"

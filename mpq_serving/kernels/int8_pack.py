@@ -1,0 +1,42 @@
+"""INT8 weight-only (W8A16) on CPU through torch's `_weight_int8pack_mm` (bf16, few rows).
+
+Contract (torch 2.13, checked by probing): `_weight_int8pack_mm(x [M, K], w int8 [N, K], scales [N])`
+→ [M, N] in x's dtype; x 2-D with a contiguous last dim, scales 1-D in exactly x's dtype, and
+y = (x @ w^T) * scales with float32 accumulation.  It reads our stored int8 weight as is (no copy);
+the prepared state is only the per-channel scales in bf16, rounded once (relative error <= 2^-8 per
+output row, the size of the reference's own bf16 rounding of each weight).  Only bf16 is vectorized
+(fp16 / fp32 take ~15x longer), and time grows linearly with rows (1536x576: 0.06 ms at 1 row,
+0.4 ms at 16; exact dequantization + oneDNN: 0.3 ms, 0.4 ms), so past `MAX_ROWS` the
+`fast_dequant` kernel takes over.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import QuantizedTensor
+from .checks import cpu_weight_only
+from .dispatch import Kernel
+
+# Crossover with exact dequantize + bf16 F.linear, one thread: ~20 rows at 1536x576, ~45 at 4096x4096.
+MAX_ROWS = 16
+
+
+def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
+    why = cpu_weight_only(q, x, frozenset({"int8"}), (torch.bfloat16,))
+    if why:
+        return False, why + ("" if q.format != "int8" else " (only bf16 is vectorized)")
+    if x.shape[0] > MAX_ROWS:
+        return False, f"{x.shape[0]} rows > {MAX_ROWS}: dequantize + bf16 GEMM is faster"
+    return True, "torch _weight_int8pack_mm"
+
+
+def _prepare(q: QuantizedTensor) -> torch.Tensor:
+    return q.tensors["weight_scale"].reshape(-1).to(torch.bfloat16)
+
+
+def _run(x: torch.Tensor, q: QuantizedTensor, scales: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q.tensors["weight"].contiguous(), scales)
+
+
+INT8_PACK = Kernel("int8pack (torch W8A16)", _can_run, _run, _prepare)
