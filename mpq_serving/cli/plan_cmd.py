@@ -88,3 +88,13 @@ def convert(
     except MPQError as e:
         fail(str(e))
     console.print(f"wrote {output}")
+
+
+def _register_strategies() -> None:
+    from . import plan_alpha_hill_cmd, plan_budget_cmd, plan_genetic_cmd, plan_mutual_info_cmd, plan_random_cmd
+
+    for module in (plan_random_cmd, plan_alpha_hill_cmd, plan_genetic_cmd, plan_mutual_info_cmd, plan_budget_cmd):
+        module.register(app)
+
+
+_register_strategies()

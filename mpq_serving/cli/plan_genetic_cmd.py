@@ -1,0 +1,7 @@
+"""`mpq plan genetic`: registered on the `mpq plan` app."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this strategy's command to `app` (placeholder until the strategy lands)."""

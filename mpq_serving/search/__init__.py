@@ -1,0 +1,1 @@
+"""Offline plan search: strategies that write plans, and what they share."""
