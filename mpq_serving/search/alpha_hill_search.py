@@ -8,16 +8,24 @@ less important = quantized harder: layers are taken in descending α.
 Stage 1 starts the mxfp4 threshold at the largest α and lowers it by `step_size`; each step gives
 mxfp4 to every candidate with α ≥ threshold (the rest stay bf16) and measures perplexity.  It stops
 at the first step whose PPL exceeds the bf16 baseline by more than `ppl_threshold` (relative; that
-step is rejected and the previous threshold kept), at the first step whose average bits reach
-`target_avg_bits` (kept), or when the threshold has passed the smallest α (every candidate mxfp4).
-Stage 2 does the same with mxfp8 on the layers stage 1 left in bf16, starting at their largest α,
-under the same bound on the total PPL rise (stage 1 has used part of it); it is skipped when stage 1
-already reached the target.  Protected layers (lm_head, embeddings, MoE routers such as `mlp.gate`)
-and weights whose shape no MX format takes stay bf16.  Quantization is weight-only (RTN; no `aq`), so
+step is rejected and the previous threshold kept), at the first step after which `target_avg_bits`
+is within reach (kept; see below), or when the threshold has passed the smallest α (every candidate
+mxfp4).  Stage 2 does the same with mxfp8 on the layers stage 1 left in bf16, starting at their
+largest α, under the same bound on the total PPL rise (stage 1 has used part of it), and stops when
+the plan's average bits reach the target.
+
+"Within reach" in stage 1 counts the layers still bf16 at mxfp8, the most stage 2 can do for them.
+Reading it as stage 1's own bits (the rest at bf16) would push mxfp4 far past what the target needs
+and leave stage 2 nothing to do: at the default target of 8 bits, 68% of the weights mxfp4 and 32%
+bf16 instead of a few mxfp4 layers and mxfp8 elsewhere.  So a target above all-mxfp8 (8.25) skips
+stage 1 and keeps the lowest-α layers in bf16; a lower one mixes mxfp4 (high α) with mxfp8.
+
+Protected layers (lm_head, embeddings, MoE routers such as `mlp.gate`; not `mlp.gate_proj`) and
+weights whose shape no MX format takes stay bf16.  Quantization is weight-only (RTN, no `aq`), so
 plans compare with the other strategies at equal weight bits.
 
-Every step is recorded (stage, threshold, layers added, avg bits, ppl, rise, accepted); a step that
-adds no layer reuses the previous measurement.
+Every step is recorded (stage, threshold, layers added, avg bits, reachable bits, ppl, rise, accepted);
+a step that adds no layer reuses the previous measurement.
 """
 
 from __future__ import annotations
@@ -157,17 +165,29 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
     baseline, _ = measure({})
     base_bits = bits.average({})
     record({"stage": "baseline", "step": 0, "threshold": None, "layers": 0, "added": [],
-            "avg_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0, "accepted": True, "evaluated": True})
+            "avg_bits": base_bits, "reachable_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0, "accepted": True, "evaluated": True})
+
+    def spec(fmt: str, name: str) -> QuantSpec:
+        return candidate_spec(fmt, by_name[name].shape[1])
+
+    def fitting(fmt: str, name: str) -> bool:
+        return fits(spec(fmt, name), by_name[name].shape)
+
+    def reachable(assignment: Mapping[str, QuantSpec], stage_index: int) -> float:
+        """Average bits once the later stages give every still-bf16 candidate their format."""
+        later = STAGE_FORMATS[stage_index + 1:]
+        rest = {n: spec(next(f for f in later if fitting(f, n)), n) for n in candidates
+                if n not in assignment and any(fitting(f, n) for f in later)}
+        return bits.average({**assignment, **rest})
 
     assignment: dict[str, QuantSpec] = {}
     ppl, avg = baseline, base_bits
     stages: list[StageResult] = []
-    for fmt in STAGE_FORMATS:
-        pool = sorted((n for n in candidates if n not in assignment
-                       and fits(candidate_spec(fmt, by_name[n].shape[1]), by_name[n].shape)),
-                      key=lambda n: (-alphas[n], n))
-        if avg <= params.target_avg_bits:
-            stages.append(StageResult(fmt, None, "skipped: target reached before this stage"))
+    for index, fmt in enumerate(STAGE_FORMATS):
+        pool = sorted((n for n in candidates if n not in assignment and fitting(fmt, n)), key=lambda n: (-alphas[n], n))
+        if reachable(assignment, index) <= params.target_avg_bits:
+            why = "target reached" if index == len(STAGE_FORMATS) - 1 else "target within reach of the later stages"
+            stages.append(StageResult(fmt, None, f"skipped: {why} before this stage"))
             continue
         if not pool:
             stages.append(StageResult(fmt, None, "skipped: no layer left for this format"))
@@ -179,22 +199,25 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
             step += 1
             threshold = start - (step - 1) * params.step_size  # by multiplication: no drift over many steps
             chosen = [n for n in pool if alphas[n] >= threshold]
-            trial = {**assignment, **{n: candidate_spec(fmt, by_name[n].shape[1]) for n in chosen}}
+            trial = {**assignment, **{n: spec(fmt, n) for n in chosen}}
             trial_ppl, evaluated = measure(trial)
-            trial_bits = bits.average(trial)
+            trial_bits, within_reach = bits.average(trial), reachable(trial, index)
             rise = trial_ppl / baseline - 1
             accepted = rise <= params.ppl_threshold
             record({"stage": fmt, "step": step, "threshold": round(threshold, 6), "layers": len(chosen),
                     "added": [n for n in chosen if n not in stage.layers], "avg_bits": trial_bits,
-                    "ppl": trial_ppl, "ppl_rise": rise, "accepted": accepted, "evaluated": evaluated})
+                    "reachable_bits": within_reach, "ppl": trial_ppl, "ppl_rise": rise, "accepted": accepted,
+                    "evaluated": evaluated})
             if not accepted:
                 stage.stop_reason = (f"ppl rise {rise:.4f} > {params.ppl_threshold} at threshold {threshold:.4g}; "
                                      "kept the previous threshold")
                 break
             assignment, ppl, avg = trial, trial_ppl, trial_bits
             stage.threshold, stage.layers = round(threshold, 6), chosen
-            if trial_bits <= params.target_avg_bits:
-                stage.stop_reason = f"target reached: {trial_bits:.4f} <= {params.target_avg_bits} avg bits"
+            if within_reach <= params.target_avg_bits:
+                stage.stop_reason = (f"target reached: {trial_bits:.4f} avg bits" if within_reach == trial_bits else
+                                     f"target within reach: {within_reach:.4f} avg bits once the later stages run")
+                stage.stop_reason += f" <= {params.target_avg_bits}"
             elif len(chosen) == len(pool):
                 stage.stop_reason = "threshold passed the smallest alpha: every candidate layer assigned"
         stages.append(stage)

@@ -103,15 +103,29 @@ def test_two_stages_follow_descending_alpha_and_stop_on_the_ppl_bound() -> None:
     assert result.history[0]["stage"] == "baseline" and result.baseline_ppl == 10
 
 
-def test_search_stops_when_the_target_bits_are_reached() -> None:
+def test_stage_one_stops_once_stage_two_can_reach_the_target() -> None:
     weights = _weights(4)
     alphas = {w.name: 4.0 - i for i, w in enumerate(weights)}
     evaluate, _ = _fake_ppl({w.name: 0.001 for w in weights})
-    # two of four equal layers mxfp4 and two bf16: (4.25 + 16) / 2 = 10.125 avg bits
+    result = two_stage_search(weights, alphas, evaluate, SearchParams(0.5, 6.0, 1.0))
+    # stage 1: 1, 2, 3 layers mxfp4 with the rest at mxfp8 reach 7.25, 6.25, 5.25 bits: stops at 3
+    mx4 = [h for h in result.history if h["stage"] == "mxfp4"]
+    assert [h["reachable_bits"] for h in mx4] == [7.25, 6.25, 5.25]
+    assert mx4[-1]["avg_bits"] == pytest.approx((3 * 4.25 + 16) / 4)  # the last layer still bf16 then
+    assert "target within reach" in result.stages[0].stop_reason
+    assert "target reached" in result.stages[1].stop_reason and result.avg_bits == 5.25
+    assert [result.assignment[w.name].format for w in weights] == ["mxfp4"] * 3 + ["mxfp8"]
+
+
+def test_a_target_above_all_mxfp8_keeps_the_lowest_alphas_in_bf16() -> None:
+    weights = _weights(4)
+    alphas = {w.name: 4.0 - i for i, w in enumerate(weights)}
+    evaluate, _ = _fake_ppl({w.name: 0.001 for w in weights})
     result = two_stage_search(weights, alphas, evaluate, SearchParams(0.5, 10.2, 1.0))
-    assert result.avg_bits == pytest.approx(10.125)
-    assert "target reached" in result.stages[0].stop_reason
-    assert result.stages[1].stop_reason.startswith("skipped") and len(result.assignment) == 2
+    assert result.stages[0].stop_reason.startswith("skipped") and result.stages[0].threshold is None
+    # mxfp8 for 1, 2, 3 layers: 14.0625, 12.125, 10.1875 avg bits; stops at 3
+    assert result.avg_bits == pytest.approx(10.1875) and "target reached" in result.stages[1].stop_reason
+    assert [result.assignment.get(w.name, QuantSpec("bf16")).format for w in weights] == ["mxfp8"] * 3 + ["bf16"]
 
 
 def test_steps_that_add_no_layer_reuse_the_measurement() -> None:
@@ -170,7 +184,7 @@ def test_plan_on_a_tiny_moe_with_a_fake_perplexity(tiny_mixtral: Path, tmp_path:
 
     def run() -> tuple:
         record = SearchRecord("alpha-hill", {"test": True})
-        return run_alpha_hill(tiny_mixtral, SearchParams(0.05, 15.5, 0.05), make_evaluator, record, progress=False)
+        return run_alpha_hill(tiny_mixtral, SearchParams(0.05, 14.9, 0.05), make_evaluator, record, progress=False)
 
     outcome = run()
     plan, result = outcome.plan, outcome.result
@@ -179,8 +193,9 @@ def test_plan_on_a_tiny_moe_with_a_fake_perplexity(tiny_mixtral: Path, tmp_path:
     assert average_bits(weights, resolved).avg_bits == pytest.approx(result.avg_bits)
     assert resolved["lm_head"].spec.format == "bf16"
     assert resolved["model.layers.0.block_sparse_moe.gate"].spec.format == "bf16"
+    assert {s.format for s in result.assignment.values()} == {"mxfp4", "mxfp8"}  # both stages ran
     mx4 = {n for n, s in result.assignment.items() if s.format == "mxfp4"}
-    assert mx4 and min(outcome.alphas[n].alpha for n in mx4) >= result.stages[0].threshold
+    assert min(outcome.alphas[n].alpha for n in mx4) >= result.stages[0].threshold
     assert max(outcome.alphas[n].alpha for n in outcome.alphas if n not in mx4) < result.stages[0].threshold
     summary = plan.summary
     assert summary["mxfp4_threshold"] == result.stages[0].threshold and summary["history"] == result.history
