@@ -21,15 +21,17 @@ def register(app: typer.Typer) -> None:
 
 def alpha_hill(
     model: str = typer.Argument(..., help="Model folder (float safetensors) or demo name (smollm2, smollm2-moe)."),
-    ppl_threshold: float = typer.Option(0.1, "--ppl-threshold", help="Largest accepted PPL rise over bf16, relative (0.1 = 10%)."),
-    target_avg_bits: float = typer.Option(8.0, "--target-avg-bits", help="Stop once the plan's average bits reach this."),
+    ppl_threshold: float = typer.Option(0.1, "--ppl-threshold",
+                                        help="Largest accepted PPL rise over bf16, relative (0.1 = 10%)."),
+    target_avg_bits: float = typer.Option(8.0, "--target-avg-bits", help="Stop once the plan's avg bits reach this."),
     step_size: float = typer.Option(0.5, "--step-size", help="How far the alpha threshold is lowered per step."),
-    output_config: Path = typer.Option(..., "-o", "--output-config", help="Config JSON: the plan + alphas + search_summary."),
-    output_plan: Path = typer.Option(..., "--output-plan", help="Plan file (.json or .yaml) for `mpq pack` / `load_model`."),
+    output_config: Path = typer.Option(..., "-o", "--output-config",
+                                       help="Config JSON: the plan + alphas + search_summary."),
+    output_plan: Path = typer.Option(..., "--output-plan", help="Plan file (.json or .yaml) for `mpq pack` / `eval`."),
     batch_size: int = typer.Option(1, "--batch-size", help="Windows per forward pass in the PPL evaluation."),
     max_tokens: int = typer.Option(2048, "--max-tokens", help="Calibration tokens scored per PPL evaluation."),
     seq_len: int = typer.Option(512, "--seq-len", help="PPL window length."),
-    text: str = typer.Option("wiki_calib", "--text", help="Calibration text (a shipped name or a file); not the eval text."),
+    text: str = typer.Option("wiki_calib", "--text", help="Calibration text (shipped name or file); not wiki_eval."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
     dtype: str = typer.Option("bf16", "--dtype", help="Activation / unquantized weight dtype: bf16, fp16, fp32."),
     chart: Path | None = typer.Option(None, "--chart", help="Alpha-per-layer PNG [default: CONFIG with .png]."),
@@ -53,7 +55,8 @@ def alpha_hill(
 
     if dtype.lower() not in _DTYPES:
         fail(f"--dtype {dtype!r}: choose one of bf16, fp16, fp32")
-    for flag, value, low in (("--batch-size", batch_size, 1), ("--max-tokens", max_tokens, 2), ("--seq-len", seq_len, 2)):
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--max-tokens", max_tokens, 2),
+                             ("--seq-len", seq_len, 2)):
         if value < low:
             fail(f"{flag} must be >= {low}, got {value}")
     if output_config.suffix.lower() != ".json":
@@ -79,10 +82,11 @@ def alpha_hill(
         fail(str(e))
     output_config.parent.mkdir(parents=True, exist_ok=True)
     output_config.write_text(json.dumps(outcome.config, indent=2) + "\n", encoding="utf-8")
-    chart_path = plot_alphas(outcome, chart or output_config.with_suffix(".png"), title=f"{model}: Alpha-Hill per layer")
+    chart_path = plot_alphas(outcome, chart or output_config.with_suffix(".png"), title=f"{model}: Alpha-Hill")
     r = outcome.result
     for stage in r.stages:
-        err.print(f"{stage.format}: threshold {stage.threshold}, {len(stage.layers)} layers; {stage.stop_reason}", soft_wrap=True)
+        err.print(f"{stage.format}: threshold {stage.threshold}, {len(stage.layers)} layers; {stage.stop_reason}",
+                  soft_wrap=True)
     err.print(f"wrote {output_config}, {output_plan}, {chart_path}")
     typer.echo(f"baseline_ppl: {r.baseline_ppl:.4f}")
     typer.echo(f"ppl: {r.ppl:.4f}  (calibration text {text}, {max_tokens} tokens)")
@@ -92,7 +96,8 @@ def alpha_hill(
 
 def _print_step(entry: dict[str, Any]) -> None:
     mark = "ok" if entry["accepted"] else "REJECTED"
-    where = "baseline (all bf16)" if entry["threshold"] is None else f"{entry['stage']} alpha >= {entry['threshold']:.3f}"
+    where = ("baseline (all bf16)" if entry["threshold"] is None
+             else f"{entry['stage']} alpha >= {entry['threshold']:.3f}")
     err.print(f"{where}: {entry['layers']} layers (+{len(entry['added'])}), avg_bits {entry['avg_bits']:.3f}, "
               f"ppl {entry['ppl']:.4f} ({entry['ppl_rise']:+.2%}) {mark}"
               + ("" if entry["evaluated"] else " (no new layer: previous measurement)"), soft_wrap=True)

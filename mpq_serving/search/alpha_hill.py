@@ -81,13 +81,15 @@ def hill_alpha(eigs: torch.Tensor, name: str = "weight") -> AlphaHill:
     values = values[values > cutoff]
     n = values.numel()
     if n < 4:
-        raise MPQError(f"{name}: only {n} non-zero eigenvalue(s); Alpha-Hill needs at least 4 (is the weight all zeros?)")
+        raise MPQError(f"{name}: only {n} non-zero eigenvalue(s); Alpha-Hill needs at least 4 "
+                       "(is the weight all zeros?)")
     i = n // 2
     tail = values[i:]
     k = tail.numel()
     log_ratio_sum = torch.log(tail / tail[0]).sum().item()
     if log_ratio_sum <= 0:
-        raise MPQError(f"{name}: the upper half of the spectrum is flat (all eigenvalues equal); no power-law tail to fit")
+        raise MPQError(f"{name}: the upper half of the spectrum is flat (all eigenvalues equal); "
+                       "no power-law tail to fit")
     alpha = 1.0 + k / log_ratio_sum
     # KS distance between the tail's empirical CDF and the fitted power law's CDF 1 - (λ/xmin)^(1-α).
     fitted = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
@@ -138,4 +140,4 @@ def model_alphas(model_dir: str | Path, weights: Iterable[LinearWeight] | None =
                                 disable=not progress))
     finally:
         torch.set_num_threads(threads)
-    return {w.name: r for w, r in zip(todo, results)}
+    return {w.name: r for w, r in zip(todo, results, strict=True)}

@@ -71,7 +71,8 @@ class SearchParams:
         if self.ppl_threshold < 0:
             raise MPQError(f"--ppl-threshold must be >= 0 (a relative PPL rise, 0.1 = 10%), got {self.ppl_threshold}")
         if self.step_size <= 0:
-            raise MPQError(f"--step-size must be > 0 (how far the alpha threshold moves per step), got {self.step_size}")
+            raise MPQError(f"--step-size must be > 0 (how far the alpha threshold moves per step), "
+                           f"got {self.step_size}")
         if self.target_avg_bits <= 0:
             raise MPQError(f"--target-avg-bits must be > 0, got {self.target_avg_bits}")
 
@@ -165,7 +166,8 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
     baseline, _ = measure({})
     base_bits = bits.average({})
     record({"stage": "baseline", "step": 0, "threshold": None, "layers": 0, "added": [],
-            "avg_bits": base_bits, "reachable_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0, "accepted": True, "evaluated": True})
+            "avg_bits": base_bits, "reachable_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0,
+            "accepted": True, "evaluated": True})
 
     def spec(fmt: str, name: str) -> QuantSpec:
         return candidate_spec(fmt, by_name[name].shape[1])
@@ -215,8 +217,8 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
             assignment, ppl, avg = trial, trial_ppl, trial_bits
             stage.threshold, stage.layers = round(threshold, 6), chosen
             if within_reach <= params.target_avg_bits:
-                stage.stop_reason = (f"target reached: {trial_bits:.4f} avg bits" if within_reach == trial_bits else
-                                     f"target within reach: {within_reach:.4f} avg bits once the later stages run")
+                stage.stop_reason = (f"target reached: {trial_bits:.4f} avg bits" if index == len(STAGE_FORMATS) - 1
+                                     else f"target within reach: {within_reach:.4f} avg bits once the later stages run")
                 stage.stop_reason += f" <= {params.target_avg_bits}"
             elif len(chosen) == len(pool):
                 stage.stop_reason = "threshold passed the smallest alpha: every candidate layer assigned"
@@ -363,7 +365,8 @@ def run_alpha_hill(model_dir: str | Path, params: SearchParams, make_evaluator: 
     for rule in config["overrides"]:
         rule["alpha_hill"] = round(alpha_stats[rule["pattern"]].alpha, 4)
     config["search_summary"] = {**config.pop("summary"), "alphas": {
-        n: {"alpha": round(a.alpha, 4), "xmin": a.xmin, "k": a.k, "n_eigs": a.n_eigs, "ks_distance": round(a.ks_distance, 4)}
+        n: {"alpha": round(a.alpha, 4), "xmin": a.xmin, "k": a.k, "n_eigs": a.n_eigs,
+            "ks_distance": round(a.ks_distance, 4)}
         for n, a in alpha_stats.items()}}
     return AlphaHillOutcome(plan, config, result, alpha_stats, weights)
 
