@@ -372,7 +372,7 @@ def run_alpha_hill(model_dir: str | Path, params: SearchParams, make_evaluator: 
 
 
 def plot_alphas(outcome: AlphaHillOutcome, path: str | Path, title: str = "") -> Path:
-    """Bar chart of alpha per analysed layer (checkpoint order), coloured by the format it got, with thresholds.
+    """Bar chart of alpha per analysed layer (in block order), coloured by the format it got, with thresholds.
 
     `title` prefixes the chart's title (the model name, say); the final bits and PPL follow it.
     """
@@ -383,7 +383,7 @@ def plot_alphas(outcome: AlphaHillOutcome, path: str | Path, title: str = "") ->
     from matplotlib.patches import Patch
 
     colors = {"mxfp4": "tab:red", "mxfp8": "tab:orange", "bf16": "tab:blue"}
-    names = list(outcome.alphas)
+    names = sorted(outcome.alphas, key=_natural)  # layers.2 before layers.10 (safetensors sorts as text)
     formats = [outcome.result.assignment.get(n, BF16).format for n in names]
     fig, ax = plt.subplots(figsize=(max(8.0, min(40.0, len(names) * 0.06)), 4.5))
     ax.bar(range(len(names)), [outcome.alphas[n].alpha for n in names], width=1.0,
@@ -396,7 +396,7 @@ def plot_alphas(outcome: AlphaHillOutcome, path: str | Path, title: str = "") ->
     blocks = _block_starts(names)
     every = max(1, len(blocks) // 15)
     ax.set_xticks([i for i, _ in blocks[::every]], [b for _, b in blocks[::every]])
-    ax.set_xlabel("linear weight, checkpoint order (ticks: transformer block)")
+    ax.set_xlabel("linear weight, by block (ticks: transformer block)")
     ax.set_ylabel("Alpha-Hill (xmin = median eigenvalue)")
     ax.set_xlim(-0.5, len(names) - 0.5)
     r = outcome.result
@@ -409,6 +409,10 @@ def plot_alphas(outcome: AlphaHillOutcome, path: str | Path, title: str = "") ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _block_starts(names: list[str]) -> list[tuple[int, str]]:
