@@ -96,8 +96,10 @@ def alpha_hill(
 
 def _print_step(entry: dict[str, Any]) -> None:
     mark = "ok" if entry["accepted"] else "REJECTED"
-    where = ("baseline (all bf16)" if entry["threshold"] is None
-             else f"{entry['stage']} alpha >= {entry['threshold']:.3f}")
+    if entry["stage"] in ("baseline", "final"):
+        where = "baseline (all bf16)" if entry["stage"] == "baseline" else "final plan"
+    else:
+        where = f"{entry['stage']} alpha >= {entry['threshold']:.3f}, rest {entry['rest']}"
     err.print(f"{where}: {entry['layers']} layers (+{len(entry['added'])}), avg_bits {entry['avg_bits']:.3f}, "
               f"ppl {entry['ppl']:.4f} ({entry['ppl_rise']:+.2%}) {mark}"
               + ("" if entry["evaluated"] else " (no new layer: previous measurement)"), soft_wrap=True)

@@ -6,26 +6,29 @@ i.e. when training has packed much correlated structure into it; AlphaPruning (L
 less important = quantized harder: layers are taken in descending α.
 
 Stage 1 starts the mxfp4 threshold at the largest α and lowers it by `step_size`; each step gives
-mxfp4 to every candidate with α ≥ threshold (the rest stay bf16) and measures perplexity.  It stops
-at the first step whose PPL exceeds the bf16 baseline by more than `ppl_threshold` (relative; that
-step is rejected and the previous threshold kept), at the first step after which `target_avg_bits`
-is within reach (kept; see below), or when the threshold has passed the smallest α (every candidate
-mxfp4).  Stage 2 does the same with mxfp8 on the layers stage 1 left in bf16, starting at their
-largest α, under the same bound on the total PPL rise (stage 1 has used part of it), and stops when
-the plan's average bits reach the target.
+mxfp4 to every candidate with α ≥ threshold and measures the perplexity of that plan with the other
+candidates at mxfp8.  It stops at the first step whose PPL exceeds the bf16 baseline by more than
+`ppl_threshold` (relative; that step is rejected and the previous threshold kept), at the first step
+whose plan (the rest at mxfp8) reaches `target_avg_bits` (kept), or when the threshold has passed the
+smallest α (every candidate mxfp4).  Stage 2 then does the same with mxfp8 on the layers below the
+mxfp4 threshold, starting at their largest α, with the layers below the mxfp8 threshold in bf16, and
+stops on the same PPL bound or when the plan's average bits reach the target.
 
-"Within reach" in stage 1 counts the layers still bf16 at mxfp8, the most stage 2 can do for them.
-Reading it as stage 1's own bits (the rest at bf16) would push mxfp4 far past what the target needs
-and leave stage 2 nothing to do: at the default target of 8 bits, 68% of the weights mxfp4 and 32%
-bf16 instead of a few mxfp4 layers and mxfp8 elsewhere.  So a target above all-mxfp8 (8.25) skips
-stage 1 and keeps the lowest-α layers in bf16; a lower one mixes mxfp4 (high α) with mxfp8.
+Why stage 1 counts the rest at mxfp8 (the seed leaves open what the other layers are meanwhile): that
+is the plan stage 1 hands over when stage 2 runs to its end, as it does at any target below
+all-mxfp8's 8.25 bits.  With the rest in bf16 instead, stage 1 spends the whole PPL budget on mxfp4
+and stage 2 can give mxfp8 to only a few layers: on SmolLM2 (target 6, --ppl-threshold 0.1,
+--step-size 0.1) that reading ended at 31 mxfp4 + 35 mxfp8 layers, 12.6 avg bits, worse than the 8.2
+bits its own coarser 0.5 step found; and its bit count (the rest at 16) would keep adding mxfp4 long
+after the target is in reach.  A target above 8.25 bits skips stage 1: stage 2 alone picks which
+layers get mxfp8 and keeps the lowest-α ones in bf16.
 
 Protected layers (lm_head, embeddings, MoE routers such as `mlp.gate`; not `mlp.gate_proj`) and
 weights whose shape no MX format takes stay bf16.  Quantization is weight-only (RTN, no `aq`), so
 plans compare with the other strategies at equal weight bits.
 
-Every step is recorded (stage, threshold, layers added, avg bits, reachable bits, ppl, rise, accepted);
-a step that adds no layer reuses the previous measurement.
+Every step is recorded (stage, threshold, layers added, what the rest was, avg bits and ppl of the
+measured plan, rise, accepted); a step that adds no layer reuses the previous measurement.
 """
 
 from __future__ import annotations
@@ -165,9 +168,8 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
 
     baseline, _ = measure({})
     base_bits = bits.average({})
-    record({"stage": "baseline", "step": 0, "threshold": None, "layers": 0, "added": [],
-            "avg_bits": base_bits, "reachable_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0,
-            "accepted": True, "evaluated": True})
+    record({"stage": "baseline", "step": 0, "threshold": None, "layers": 0, "added": [], "rest": "bf16",
+            "avg_bits": base_bits, "ppl": baseline, "ppl_rise": 0.0, "accepted": True, "evaluated": True})
 
     def spec(fmt: str, name: str) -> QuantSpec:
         return candidate_spec(fmt, by_name[name].shape[1])
@@ -175,20 +177,21 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
     def fitting(fmt: str, name: str) -> bool:
         return fits(spec(fmt, name), by_name[name].shape)
 
-    def reachable(assignment: Mapping[str, QuantSpec], stage_index: int) -> float:
-        """Average bits once the later stages give every still-bf16 candidate their format."""
+    def completed(assignment: Mapping[str, QuantSpec], stage_index: int) -> dict[str, QuantSpec]:
+        """The plan once the later stages give every candidate left bf16 their format (the measured plan)."""
         later = STAGE_FORMATS[stage_index + 1:]
         rest = {n: spec(next(f for f in later if fitting(f, n)), n) for n in candidates
                 if n not in assignment and any(fitting(f, n) for f in later)}
-        return bits.average({**assignment, **rest})
+        return {**assignment, **rest}
 
     assignment: dict[str, QuantSpec] = {}
-    ppl, avg = baseline, base_bits
     stages: list[StageResult] = []
     for index, fmt in enumerate(STAGE_FORMATS):
+        last = index == len(STAGE_FORMATS) - 1
+        rest_format = "bf16" if last else STAGE_FORMATS[index + 1]
         pool = sorted((n for n in candidates if n not in assignment and fitting(fmt, n)), key=lambda n: (-alphas[n], n))
-        if reachable(assignment, index) <= params.target_avg_bits:
-            why = "target reached" if index == len(STAGE_FORMATS) - 1 else "target within reach of the later stages"
+        if bits.average(completed(assignment, index)) <= params.target_avg_bits:
+            why = "target reached" if last else f"the target is met with the rest at {rest_format}"
             stages.append(StageResult(fmt, None, f"skipped: {why} before this stage"))
             continue
         if not pool:
@@ -202,27 +205,35 @@ def two_stage_search(weights: list[LinearWeight], alphas: Mapping[str, float], e
             threshold = start - (step - 1) * params.step_size  # by multiplication: no drift over many steps
             chosen = [n for n in pool if alphas[n] >= threshold]
             trial = {**assignment, **{n: spec(fmt, n) for n in chosen}}
-            trial_ppl, evaluated = measure(trial)
-            trial_bits, within_reach = bits.average(trial), reachable(trial, index)
+            measured = completed(trial, index)
+            trial_ppl, evaluated = measure(measured)
+            trial_bits = bits.average(measured)
             rise = trial_ppl / baseline - 1
             accepted = rise <= params.ppl_threshold
             record({"stage": fmt, "step": step, "threshold": round(threshold, 6), "layers": len(chosen),
-                    "added": [n for n in chosen if n not in stage.layers], "avg_bits": trial_bits,
-                    "reachable_bits": within_reach, "ppl": trial_ppl, "ppl_rise": rise, "accepted": accepted,
+                    "added": [n for n in chosen if n not in stage.layers], "rest": rest_format,
+                    "avg_bits": trial_bits, "ppl": trial_ppl, "ppl_rise": rise, "accepted": accepted,
                     "evaluated": evaluated})
             if not accepted:
                 stage.stop_reason = (f"ppl rise {rise:.4f} > {params.ppl_threshold} at threshold {threshold:.4g}; "
                                      "kept the previous threshold")
                 break
-            assignment, ppl, avg = trial, trial_ppl, trial_bits
+            assignment = trial
             stage.threshold, stage.layers = round(threshold, 6), chosen
-            if within_reach <= params.target_avg_bits:
-                stage.stop_reason = (f"target reached: {trial_bits:.4f} avg bits" if index == len(STAGE_FORMATS) - 1
-                                     else f"target within reach: {within_reach:.4f} avg bits once the later stages run")
-                stage.stop_reason += f" <= {params.target_avg_bits}"
+            if trial_bits <= params.target_avg_bits:
+                stage.stop_reason = (f"target reached: {trial_bits:.4f} avg bits"
+                                     + ("" if last else f" with the rest at {rest_format}")
+                                     + f" <= {params.target_avg_bits}")
             elif len(chosen) == len(pool):
                 stage.stop_reason = "threshold passed the smallest alpha: every candidate layer assigned"
         stages.append(stage)
+    # The plan written is `assignment` (below the last threshold: bf16); it was measured unless a stage ended
+    # on a rejected first step, after which its own PPL is measured now.
+    ppl, evaluated = measure(assignment)
+    avg = bits.average(assignment)
+    record({"stage": "final", "step": 0, "threshold": None, "layers": len(assignment), "added": [], "rest": "bf16",
+            "avg_bits": avg, "ppl": ppl, "ppl_rise": ppl / baseline - 1, "accepted": ppl / baseline - 1
+            <= params.ppl_threshold, "evaluated": evaluated})
     return SearchResult(assignment, baseline, ppl, avg, stages, history)
 
 

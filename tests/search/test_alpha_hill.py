@@ -88,31 +88,36 @@ def test_two_stages_follow_descending_alpha_and_stop_on_the_ppl_bound() -> None:
     alphas = {w.name: 5.0 - 0.5 * i for i, w in enumerate(weights)}  # 5.0, 4.5, ..., 1.5
     evaluate, calls = _fake_ppl({w.name: 0.02 for w in weights})
     result = two_stage_search(weights, alphas, evaluate, SearchParams(0.075, 4.25, 0.5))
-    # stage 1: thresholds 5.0, 4.5, 4.0 give 1, 2, 3 layers mxfp4 (+2%, +4%, +6%); 4 layers (+8% > 7.5%) is rejected
+    # stage 1 measures k layers mxfp4 (alpha >= 5.0, 4.5, ...) with the other 8 - k at mxfp8:
+    # +3.4%, +5.2%, +7.0%, then +8.8% > 7.5% is rejected and the threshold stays at 4.0
     mx4 = [h for h in result.history if h["stage"] == "mxfp4"]
     assert [h["layers"] for h in mx4] == [1, 2, 3, 4] and [h["accepted"] for h in mx4] == [True] * 3 + [False]
+    assert [h["ppl_rise"] for h in mx4] == pytest.approx([0.034, 0.052, 0.070, 0.088])
+    assert all(h["rest"] == "mxfp8" for h in mx4)
     assert result.stages[0].threshold == 4.0 and "ppl rise" in result.stages[0].stop_reason
-    # stage 2 starts at the largest alpha left (3.5); each mxfp8 layer costs 0.2%: all 5 left fit (+7%)
+    # stage 2 starts at the largest alpha left (3.5), the layers below its threshold in bf16: all 5 fit
     mx8 = [h for h in result.history if h["stage"] == "mxfp8"]
     assert mx8[0]["threshold"] == 3.5 and [h["layers"] for h in mx8] == [1, 2, 3, 4, 5]
+    assert all(h["rest"] == "bf16" for h in mx8) and not mx8[-1]["evaluated"]  # = stage 1's last plan
     assert result.stages[1].threshold == 1.5 and "smallest alpha" in result.stages[1].stop_reason
     assert {n for n, s in result.assignment.items() if s.format == "mxfp4"} == {w.name for w in weights[:3]}
     assert {n for n, s in result.assignment.items() if s.format == "mxfp8"} == {w.name for w in weights[3:]}
-    assert result.ppl == pytest.approx(10 * (1 + 0.06 + 0.01))
-    assert len(calls) == 1 + 4 + 5  # baseline + one evaluation per step
+    assert result.ppl == pytest.approx(10 * (1 + 0.06 + 0.01)) and result.avg_bits == (3 * 4.25 + 5 * 8.25) / 8
+    assert len(calls) == 1 + 4 + 4  # baseline, one evaluation per new plan
     assert result.history[0]["stage"] == "baseline" and result.baseline_ppl == 10
+    assert result.history[-1]["stage"] == "final" and result.history[-1]["ppl"] == result.ppl
 
 
-def test_stage_one_stops_once_stage_two_can_reach_the_target() -> None:
+def test_stage_one_stops_once_the_target_is_met_with_the_rest_at_mxfp8() -> None:
     weights = _weights(4)
     alphas = {w.name: 4.0 - i for i, w in enumerate(weights)}
     evaluate, _ = _fake_ppl({w.name: 0.001 for w in weights})
     result = two_stage_search(weights, alphas, evaluate, SearchParams(0.5, 6.0, 1.0))
-    # stage 1: 1, 2, 3 layers mxfp4 with the rest at mxfp8 reach 7.25, 6.25, 5.25 bits: stops at 3
+    # stage 1: 1, 2, 3 layers mxfp4 with the rest at mxfp8 give 7.25, 6.25, 5.25 bits: stops at 3
     mx4 = [h for h in result.history if h["stage"] == "mxfp4"]
-    assert [h["reachable_bits"] for h in mx4] == [7.25, 6.25, 5.25]
-    assert mx4[-1]["avg_bits"] == pytest.approx((3 * 4.25 + 16) / 4)  # the last layer still bf16 then
-    assert "target within reach" in result.stages[0].stop_reason
+    assert [h["avg_bits"] for h in mx4] == [7.25, 6.25, 5.25]
+    assert "with the rest at mxfp8" in result.stages[0].stop_reason
+    # stage 2 then gives the last layer mxfp8 (it was bf16 between the stages)
     assert "target reached" in result.stages[1].stop_reason and result.avg_bits == 5.25
     assert [result.assignment[w.name].format for w in weights] == ["mxfp4"] * 3 + ["mxfp8"]
 
