@@ -84,7 +84,8 @@ def _draw(preferred: list[str], rest: list[str], count: int, rng: random.Random)
     return list(preferred) + rng.sample(rest, count - len(preferred))
 
 
-def random_assignment(weights: list[LinearWeight], config: RandomPlanConfig) -> tuple[dict[str, str], list[dict[str, Any]]]:
+def random_assignment(weights: list[LinearWeight],
+                      config: RandomPlanConfig) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """name -> precision (mxfp4 / bf16 / mxfp8) for the drawn layers, and the steps taken (the history)."""
     config.check()
     groups = classify(weights)
