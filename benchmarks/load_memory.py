@@ -17,22 +17,30 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-CHILD = r"""
-import json, resource, sys, time
+# VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across fork + exec.
+PEAK = r"""
+def vm_hwm_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+CHILD = PEAK + r"""
+import json, sys, time
 import torch
 t0 = time.perf_counter()
 from mpq_serving.loaders.hf_model import load_model
 model = load_model(sys.argv[1], dtype=torch.bfloat16)
 with torch.inference_mode():
     model(torch.tensor([[1, 2, 3]]))
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": vm_hwm_mib()}))
 """
 
-BASELINE = r"""
-import json, resource
+BASELINE = PEAK + r"""
+import json
 import torch
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+import transformers
+print(json.dumps({"peak_rss_mib": vm_hwm_mib()}))
 """
 
 
@@ -57,10 +65,10 @@ def main() -> None:
         pack(load_plan(args.plan), packed, dense)
     size = lambda d: sum(f.stat().st_size for f in Path(d).glob("*.safetensors")) / 2**20
     floor = measure(BASELINE)["peak_rss_mib"]
-    table = Table(title=f"Loading SmolLM2-135M (median of {args.repeats}; python+torch import floor {floor:.0f} MiB)")
+    table = Table(title=f"Loading SmolLM2-135M (median of {args.repeats}; python+torch+transformers import floor {floor:.0f} MiB)")
     for col in ("folder", "safetensors MiB", "load+1 forward s", "peak RSS MiB", "RSS above floor MiB"):
         table.add_column(col, justify="right" if col != "folder" else "left")
-    for label, folder in (("bf16", dense), (f"packed {Path(args.plan).name}", packed)):
+    for label, folder in (("bf16", dense), (f"packed {Path(args.plan).stem}", packed)):
         runs = [measure(CHILD, str(folder)) for _ in range(args.repeats)]
         secs = statistics.median(r["seconds"] for r in runs)
         rss = statistics.median(r["peak_rss_mib"] for r in runs)
