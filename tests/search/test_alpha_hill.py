@@ -176,7 +176,10 @@ def test_alphas_cover_every_expert_and_skip_routers(tiny_mixtral: Path) -> None:
     assert sum(".experts." in n for n in alphas) == 2 * 8 * 3
     assert not any(n.endswith(".gate") or n == "lm_head" for n in alphas)
     assert all(1 < a.alpha < 10 for a in alphas.values())
-    assert model_alphas(tiny_mixtral, quantizable(weights), progress=False, workers=1) == alphas  # reproducible
+    again = model_alphas(tiny_mixtral, quantizable(weights), progress=False, workers=1)
+    # Reproducible up to LAPACK's summation order, which may follow the thread count of the run.
+    assert again.keys() == alphas.keys()
+    assert all(again[n].alpha == pytest.approx(alphas[n].alpha, rel=1e-9) for n in alphas)
 
 
 def test_plan_on_a_tiny_moe_with_a_fake_perplexity(tiny_mixtral: Path, tmp_path: Path) -> None:
