@@ -15,20 +15,20 @@ from ..plan import load_plan, resolve, save_plan
 from ..plan.bits import average_bits
 from ..plan.model_weights import linear_weights
 from ..plan.validate import validate_plan
-from .common import err, fail
+from .common import err, fail, resolve_model
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 PlanArg = typer.Argument(..., help="Plan file (.json or .yaml).", show_default=False)
-ModelOpt = typer.Option(..., "--model", help="Model folder (safetensors) the plan applies to.")
+ModelOpt = typer.Option(..., "--model", help="Model folder (safetensors) the plan applies to, or a demo name (smollm2, smollm2-moe).")
 
 
 @app.command("validate")
-def validate(plan: Path = PlanArg, model: Path = ModelOpt) -> None:
+def validate(plan: Path = PlanArg, model: str = ModelOpt) -> None:
     """Check every rule matches, every shape suits its format, every source holds its tensors."""
     try:
-        problems = validate_plan(load_plan(plan), model)
+        problems = validate_plan(load_plan(plan), resolve_model(model))
     except MPQError as e:
         fail(str(e))
     for p in problems:
@@ -39,11 +39,11 @@ def validate(plan: Path = PlanArg, model: Path = ModelOpt) -> None:
 
 
 @app.command("show")
-def show(plan: Path = PlanArg, model: Path = ModelOpt) -> None:
+def show(plan: Path = PlanArg, model: str = ModelOpt) -> None:
     """A table per layer / expert: format, group size, bits, and which rule decided it."""
     try:
         p = load_plan(plan)
-        weights = linear_weights(model)
+        weights = linear_weights(resolve_model(model))
         resolved = resolve(p, [w.name for w in weights])
     except MPQError as e:
         fail(str(e))
@@ -60,11 +60,11 @@ def show(plan: Path = PlanArg, model: Path = ModelOpt) -> None:
 
 
 @app.command("avg-bits")
-def avg_bits(plan: Path = PlanArg, model: Path = ModelOpt) -> None:
+def avg_bits(plan: Path = PlanArg, model: str = ModelOpt) -> None:
     """Average stored bits per weight over the model's linear weights, from the real shapes."""
     try:
         p = load_plan(plan)
-        weights = linear_weights(model)
+        weights = linear_weights(resolve_model(model))
         report = average_bits(weights, resolve(p, [w.name for w in weights]))
     except MPQError as e:
         fail(str(e))
