@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Install (idempotent) and run the whole test suite.
+# Install (idempotent) and run the whole test suite: the core suite in .venv, then each serving engine's
+# suite in that engine's own virtual environment (.venv-<engine>), whose torch / transformers pins differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+if [ -f scripts/install_llamacpp.sh ]; then bash scripts/install_llamacpp.sh; fi
 . .venv/bin/activate
-python -m pytest -q -n 2 "$@"
+python -m pytest -q -n 2 --ignore=tests/engines "$@"
+deactivate
+for engine in vllm sglang; do
+  if [ -f "scripts/install_$engine.sh" ] && [ -d "tests/engines/$engine" ]; then
+    bash "scripts/install_$engine.sh"
+    MPQ_REQUIRE_ENGINE=$engine ".venv-$engine/bin/python" -m pytest -q "tests/engines/$engine"
+  fi
+done
