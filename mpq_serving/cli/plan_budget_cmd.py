@@ -10,7 +10,7 @@ from rich.console import Console
 from ..errors import MPQError
 from .common import fail, resolve_model
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def budget_cmd(
@@ -24,8 +24,10 @@ def budget_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows and of the sampled labels."),
     group_size: int = typer.Option(128, "--group-size", help="Preferred group of grouped int4 formats "
                                    "(the largest of it, 128, 64, 32 dividing in_features is used)."),
-    sensitivity: str = typer.Option("fisher", "--sensitivity", help="fisher: second-order estimate from one "
-                                    "backward pass; kl: measure KL per weight and format (one pass each, slow)."),
+    objective: str = typer.Option("nll", "--objective", help="nll: increase of the calibration text's loss "
+                                  "(what perplexity measures); kl: KL divergence from the bf16 model."),
+    sensitivity: str = typer.Option("fisher", "--sensitivity", help="fisher: estimate from one forward and two "
+                                    "backward passes; measured: one pass per weight and format (exact, slow)."),
     batch_size: int = typer.Option(2, "--batch-size", min=1, help="Calibration sequences per pass."),
     device: str = typer.Option("cpu", "--device", help="cpu / cuda: where the calibration passes run."),
     pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front: plans in <OUT stem>.pareto/ "
@@ -43,7 +45,7 @@ def budget_cmd(
         settings.check()
         candidates = parse_formats(formats)
         folder = resolve_model(model)
-        result = budget_search(folder, target_avg_bits, candidates, settings, output,
+        result = budget_search(folder, target_avg_bits, candidates, settings, output, objective,
                                pareto_points if pareto else 0, cache)
     except MPQError as e:
         fail(str(e))
@@ -55,7 +57,7 @@ def budget_cmd(
                   f"{s['achievable_avg_bits'][1]:.4f} avg bits")
     if result.front:
         console.print(f"pareto: {len(result.front)} plans in {Path(result.front[0]['plan']).parent}")
-    console.print(f"predicted_kl: {result.solution.predicted_kl:.6f} nats/token")
+    console.print(f"predicted_{objective}: {result.solution.predicted_loss:.6f} nats/token")
     console.print(f"avg_bits: {s['avg_bits']:.4f}")
     console.print(f"wrote {output}")
 

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,15 @@ from ..plan import Plan, resolve
 from ..plan.bits import average_bits
 from ..plan.model_weights import LinearWeight, linear_weights
 from .common import SearchRecord, plan_from_assignment, write_plan
-from .sensitivity import CalibrationSettings, SensitivityTable, cache_path, candidates, load_or_compute, scored_weights
+from .sensitivity import (
+    OBJECTIVES,
+    CalibrationSettings,
+    SensitivityTable,
+    cache_path,
+    candidates,
+    load_or_compute,
+    scored_weights,
+)
 
 _TIGHTEN = 1e-9  # avg bits kept below the target so the solver's feasibility tolerance cannot overshoot it
 
@@ -83,8 +95,9 @@ class BudgetProblem:
         high = self.fixed_bits + sum(max(o.bits for o in opts) for opts in self.options)
         return low / self.params, high / self.params
 
-    def lossless_bits(self) -> float:
-        """Average bits of the cheapest assignment of least cost: past it a larger budget buys nothing."""
+    def unconstrained_bits(self) -> float:
+        """Average bits of the least-cost assignment (fewest bits among ties): past it a larger budget buys
+        nothing."""
         total = self.fixed_bits
         for opts in self.options:
             best = min(o.cost for o in opts)
@@ -93,19 +106,21 @@ class BudgetProblem:
 
 
 def build_problem(weights: list[LinearWeight], table: SensitivityTable, formats: list[str],
-                  group_size: int) -> BudgetProblem:
+                  group_size: int, objective: str = "nll") -> BudgetProblem:
     """Options for every scored weight from the table; protected weights fixed at bf16."""
+    if objective not in OBJECTIVES:
+        raise MPQError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     decided = {w.name for w in scored_weights(weights)}
     names, options, fixed = [], [], 0.0
     for w in weights:
         if w.name not in decided:
             fixed += get_format("bf16").bits_per_weight(QuantSpec("bf16"), w.shape) * w.numel
             continue
-        costs = table.costs.get(w.name)
-        if costs is None:
+        if w.name not in table.kl:
             raise MPQError(f"{w.name}: not in the sensitivity table; delete the cache file to recompute it")
-        opts = [Option(fmt, spec, get_format(fmt).bits_per_weight(spec, w.shape) * w.numel, costs[fmt])
-                for fmt, spec in candidates(w, formats, group_size).items() if fmt in costs]
+        opts = [Option(fmt, spec, get_format(fmt).bits_per_weight(spec, w.shape) * w.numel,
+                       table.cost(w.name, fmt, objective))
+                for fmt, spec in candidates(w, formats, group_size).items() if fmt in table.kl[w.name]]
         if not opts:
             raise MPQError(f"{w.name} (shape {w.shape[0]}x{w.shape[1]}) fits none of the formats "
                            f"{', '.join(formats)}; add one that fits it, e.g. bf16")
@@ -128,9 +143,10 @@ def solve_choices(costs: list[list[float]], bits: list[list[float]], budget: flo
     for i, k in enumerate(sizes):
         one_hot[i, start:start + k] = 1.0
         start += k
-    result = milp(c / scale, integrality=np.ones(n), bounds=Bounds(0, 1),
-                  constraints=[LinearConstraint(one_hot, 1, 1), LinearConstraint(b[None, :], -np.inf, budget)],
-                  options={"mip_rel_gap": 0.0})
+    with _quiet_stdout():
+        result = milp(c / scale, integrality=np.ones(n), bounds=Bounds(0, 1),
+                      constraints=[LinearConstraint(one_hot, 1, 1), LinearConstraint(b[None, :], -np.inf, budget)],
+                      options={"mip_rel_gap": 0.0})
     if result.x is None:
         return None
     x = np.round(result.x).astype(int)
@@ -141,6 +157,20 @@ def solve_choices(costs: list[list[float]], bits: list[list[float]], budget: flo
     return choice
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1: scipy's HiGHS build prints branch-and-bound debug lines from C++."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @dataclass(frozen=True)
 class Solution:
     """A chosen option per weight, with what it costs and weighs."""
@@ -148,11 +178,11 @@ class Solution:
     target: float
     choice: dict[str, Option]
     avg_bits: float
-    predicted_kl: float
+    predicted_loss: float
 
 
 def solve(problem: BudgetProblem, target_avg_bits: float) -> Solution:
-    """The least-predicted-KL assignment with average bits ≤ target; an error giving the achievable range."""
+    """The least-predicted-loss assignment with average bits ≤ target; an error giving the achievable range."""
     low, high = problem.bits_range()
     if target_avg_bits < low:
         raise MPQError(f"--target-avg-bits {target_avg_bits:g} is below the {low:.4f} average bits that the "
@@ -172,10 +202,10 @@ def solve(problem: BudgetProblem, target_avg_bits: float) -> Solution:
 
 
 def pareto_front(problem: BudgetProblem, points: int) -> list[Solution]:
-    """Optimal solutions at `points` budgets from the least achievable bits to the lossless assignment's;
+    """Optimal solutions at `points` budgets from the least achievable bits to the unconstrained optimum's;
     budgets whose optimum repeats the previous one are dropped."""
     low, _ = problem.bits_range()
-    high = problem.lossless_bits()
+    high = problem.unconstrained_bits()
     targets = [low] if points < 2 or high <= low else list(np.linspace(low, high, points))
     front: list[Solution] = []
     for target in targets:
@@ -196,14 +226,14 @@ def solution_plan(solution: Solution, weights: list[LinearWeight], record: Searc
     if bits > solution.target + 1e-6:
         raise MPQError(f"internal: the written plan has {bits:.6f} average bits, over the target {solution.target}")
     plan.summary = record.summary(target_avg_bits=solution.target, avg_bits=round(bits, 4),
-                                  predicted_kl=solution.predicted_kl, format_counts=dict(counts), **summary)
+                                  predicted_loss=solution.predicted_loss, format_counts=dict(counts), **summary)
     return plan
 
 
 def front_rows(front: list[Solution], paths: list[Path]) -> list[dict[str, Any]]:
-    """(target, avg bits, predicted KL, plan file) per point of a Pareto front, for JSON / CSV."""
+    """(target, avg bits, predicted loss, plan file) per point of a Pareto front, for JSON / CSV."""
     return [{"target_avg_bits": round(s.target, 6), "avg_bits": round(s.avg_bits, 6),
-             "predicted_kl": s.predicted_kl, "plan": str(p)} for s, p in zip(front, paths, strict=True)]
+             "predicted_loss": s.predicted_loss, "plan": str(p)} for s, p in zip(front, paths, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -216,19 +246,21 @@ class BudgetResult:
 
 
 def budget_search(model_dir: Path, target_avg_bits: float, formats: list[str], settings: CalibrationSettings,
-                  output: Path, pareto_points: int = 0, cache: Path | None = None,
+                  output: Path, objective: str = "nll", pareto_points: int = 0, cache: Path | None = None,
                   progress: bool = True) -> BudgetResult:
     """Sensitivities (cached next to `output`), the optimum at the target written to `output`, and with
     `pareto_points` the front's plans in `<output stem>.pareto/` with front.json and front.csv."""
     settings.check()
+    if objective not in OBJECTIVES:
+        raise MPQError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     record = SearchRecord("budget", parameters={
         "model": str(model_dir), "target_avg_bits": target_avg_bits, "formats": formats,
-        "sensitivity": settings.method, "nsamples": settings.nsamples, "seq_len": settings.seq_len,
-        "text": settings.text, "group_size": settings.group_size, "device": settings.device}, seed=settings.seed)
+        "objective": objective, "sensitivity": settings.method, "nsamples": settings.nsamples,
+        "seq_len": settings.seq_len, "text": settings.text, "group_size": settings.group_size, "device": settings.device}, seed=settings.seed)
     weights = linear_weights(model_dir)
     cache = cache or cache_path(output.parent, model_dir, settings)
     table, from_cache = load_or_compute(model_dir, formats, settings, cache, progress=progress)
-    problem = build_problem(weights, table, formats, settings.group_size)
+    problem = build_problem(weights, table, formats, settings.group_size, objective)
     low, high = problem.bits_range()
     solution = solve(problem, target_avg_bits)
     about = {"achievable_avg_bits": [round(low, 4), round(high, 4)],

@@ -49,24 +49,32 @@ from ..plan import Plan, SpecFields
 from ..plan.model_weights import LinearWeight, linear_weights
 from .common import candidate_spec, fits
 
-METHODS = ("fisher", "kl")
+METHODS = ("fisher", "measured")
+OBJECTIVES = ("nll", "kl")
 FIXED = ("lm_head", "router")  # protected categories: kept bf16, not scored
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
 class SensitivityTable:
-    """Predicted KL (nats / token) per weight and candidate format, with what produced it."""
+    """Per weight and candidate format (formats that do not fit are absent), in nats per calibration
+    position: `kl`, the KL divergence from the bf16 model, and `linear`, what the change of the text's
+    loss adds to it (its first-order term for `fisher`, measured loss change − KL for `measured`)."""
 
     key: dict[str, Any]
-    costs: dict[str, dict[str, float]]  # weight -> format -> cost; formats that do not fit are absent
+    kl: dict[str, dict[str, float]]
+    linear: dict[str, dict[str, float]]
     usage: dict[str, float] = field(default_factory=dict)  # expert weight -> routed tokens / tokens
     seconds: float = 0.0
+
+    def cost(self, weight: str, fmt: str, objective: str) -> float:
+        """The predicted loss of putting `weight` in `fmt`: `kl`, or `nll` (= kl + linear)."""
+        return self.kl[weight][fmt] + (self.linear[weight][fmt] if objective == "nll" else 0.0)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": CACHE_VERSION, "key": self.key, "seconds": round(self.seconds, 2),
-                "usage": self.usage, "costs": self.costs}
+                "usage": self.usage, "kl": self.kl, "linear": self.linear}
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
@@ -80,7 +88,7 @@ class SensitivityTable:
             return None
         if data.get("version") != CACHE_VERSION:
             return None
-        return cls(data["key"], data["costs"], data.get("usage", {}), data.get("seconds", 0.0))
+        return cls(data["key"], data["kl"], data["linear"], data.get("usage", {}), data.get("seconds", 0.0))
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ class CalibrationSettings:
             raise MPQError(f"--sensitivity {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.nsamples < 1 or self.seq_len < 2:
             raise MPQError(f"need --nsamples >= 1 and --seq-len >= 2, got {self.nsamples} and {self.seq_len}")
+        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
+            raise MPQError(f"--device {self.device!r}: use cpu, or cuda[:N] on a machine with a CUDA GPU")
 
 
 def candidates(weight: LinearWeight, formats: Iterable[str], group_size: int) -> dict[str, QuantSpec]:
@@ -170,28 +180,24 @@ class CalibrationModel:
 
 def _modules_by_weight(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     """Checkpoint weight name -> module of the loaded model, renamed as load_model renames them."""
-    from ..loaders.hf_model import _EXPERT, _ROLE, _renamer
+    from ..loaders.hf_model import module_path
 
-    rename = _renamer(model)
-    out = {}
-    for name in names:
-        target = rename(name)
-        m = _EXPERT.match(target)
-        path = f"{m['prefix']}.experts.{m['e']}.{_ROLE[m['proj']]}_proj" if m else target
-        out[name] = model.get_submodule(path)
-    return out
+    return {name: model.get_submodule(module_path(model, name)) for name in names}
 
 
-class _FisherStats:
-    """Per weight: H̃ = Σ u_t x_t x_tᵀ, v = Σ_t g_t², S = Σ u_t, and the tokens it saw."""
+class _WeightStats:
+    """Per weight, over the calibration tokens: H̃ = Σ u_t x_t x_tᵀ, v = Σ_t g_t², S = Σ u_t from sampled
+    labels (the Fisher term), the gradient of log p(true next token) w.r.t. the weight (the first-order
+    term of the loss change), and how many tokens reached the weight."""
 
     def __init__(self, in_features: int, out_features: int, device: torch.device):
         self.h = torch.zeros(in_features, in_features, device=device)
         self.v = torch.zeros(out_features, device=device)
+        self.grad = torch.zeros(out_features, in_features, device=device)
         self.tokens = 0
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor, g: torch.Tensor) -> None:
+    def add_fisher(self, x: torch.Tensor, g: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         g2 = g.reshape(-1, g.shape[-1]).float().square()
         u = g2.sum(dim=1)
@@ -199,42 +205,57 @@ class _FisherStats:
         self.v += g2.sum(dim=0)
         self.tokens += x.shape[0]
 
-    def cost(self, delta: torch.Tensor) -> float:
-        """½ Σ_j (v_j / S) Δw_jᵀ H̃ Δw_j, in nats summed over the calibration tokens."""
+    @torch.no_grad()
+    def add_gradient(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        self.grad.addmm_(g.reshape(-1, g.shape[-1]).float().t(), x.reshape(-1, x.shape[-1]).float())
+
+    def quadratic(self, delta: torch.Tensor) -> float:
+        """½ Σ_j (v_j / S) Δw_jᵀ H̃ Δw_j: the KL estimate, in nats summed over the calibration tokens."""
         total = self.v.sum()
         if self.tokens == 0 or total <= 0:
             return 0.0
         per_row = ((delta @ self.h) * delta).sum(dim=1)
         return 0.5 * float((per_row * self.v).sum() / total)
 
+    def linear(self, delta: torch.Tensor) -> float:
+        """−⟨∇_W log p(text), ΔW⟩: the first-order change of the text's loss, summed over its tokens."""
+        return -float((self.grad * delta).sum())
+
 
 def _batches(tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(tokens.split(batch_size))
 
 
-def collect_fisher(calib: CalibrationModel, weights: list[LinearWeight], tokens: torch.Tensor, batch_size: int,
-                   seed: int, progress: bool = True) -> dict[str, _FisherStats]:
-    """One forward + backward per batch, labels sampled from the model; statistics for every weight."""
-    stats = {w.name: _FisherStats(w.shape[1], w.shape[0], calib.device) for w in weights}
-    handles = []
+def collect_statistics(calib: CalibrationModel, weights: list[LinearWeight], tokens: torch.Tensor, batch_size: int,
+                       seed: int, progress: bool = True) -> dict[str, _WeightStats]:
+    """One forward and two backward passes per batch (labels sampled from the model, then the text's own
+    next tokens), through the activations only (no weight gradients); statistics for every weight.
+    Every position but the last (which has no next token in its window) counts."""
+    stats = {w.name: _WeightStats(w.shape[1], w.shape[0], calib.device) for w in weights}
+    mode = {"fisher": True}
 
     def hook_for(name: str):
         def forward_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = inputs[0].detach()
-            output.register_hook(lambda g: stats[name].add(x, g))
+            output.register_hook(lambda g: stats[name].add_fisher(x, g) if mode["fisher"]
+                                 else stats[name].add_gradient(x, g))
         return forward_hook
 
-    for w in weights:
-        handles.append(calib.modules[w.name].register_forward_hook(hook_for(w.name)))
+    handles = [calib.modules[w.name].register_forward_hook(hook_for(w.name)) for w in weights]
     generator = torch.Generator(device=calib.device).manual_seed(seed)
     try:
-        for batch in tqdm(_batches(tokens, batch_size), desc="fisher pass", unit="batch", disable=not progress):
-            embeds = calib.model.get_input_embeddings()(batch.to(calib.device)).requires_grad_(True)
-            logits = calib.logits(batch, embeds)
-            logp = torch.log_softmax(logits, dim=-1)
+        for batch in tqdm(_batches(tokens, batch_size), desc="calibration passes", unit="batch",
+                          disable=not progress):
+            batch = batch.to(calib.device)
+            embeds = calib.model.get_input_embeddings()(batch).requires_grad_(True)
+            logp = torch.log_softmax(calib.logits(batch, embeds)[:, :-1], dim=-1)
+            flat = logp.reshape(-1, logp.shape[-1])
             with torch.no_grad():
-                labels = torch.multinomial(logp.exp().reshape(-1, logp.shape[-1]), 1, generator=generator)
-            logp.reshape(-1, logp.shape[-1]).gather(1, labels).sum().backward()
+                sampled = torch.multinomial(flat.exp(), 1, generator=generator)
+            mode["fisher"] = True
+            torch.autograd.grad(flat.gather(1, sampled).sum(), embeds, retain_graph=True)
+            mode["fisher"] = False
+            torch.autograd.grad(flat.gather(1, batch[:, 1:].reshape(-1, 1)).sum(), embeds)
     finally:
         for h in handles:
             h.remove()
@@ -249,26 +270,30 @@ def quantization_error(weight: torch.Tensor, spec: QuantSpec, name: str) -> torc
 
 
 def reference_logprobs(calib: CalibrationModel, tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The bf16 model's log-probabilities at every position that has a next token."""
     with torch.no_grad():
-        return [torch.log_softmax(calib.logits(b), dim=-1) for b in _batches(tokens, batch_size)]
+        return [torch.log_softmax(calib.logits(b)[:, :-1], dim=-1) for b in _batches(tokens, batch_size)]
 
 
-def measured_kl(calib: CalibrationModel, tokens: torch.Tensor, reference: list[torch.Tensor], batch_size: int,
-                changes: dict[str, QuantSpec]) -> float:
-    """KL(bf16 ‖ quantized) in nats per token with the weights in `changes` quantized (then restored)."""
+def measured_change(calib: CalibrationModel, tokens: torch.Tensor, reference: list[torch.Tensor], batch_size: int,
+                    changes: dict[str, QuantSpec]) -> tuple[float, float]:
+    """(KL(bf16 ‖ quantized), increase of the text's loss), in nats per position, with the weights in
+    `changes` quantized (then restored)."""
     saved = {}
     try:
         for name, spec in changes.items():
             weight = calib.modules[name].weight
             saved[name] = weight.data.clone()
             weight.data += quantization_error(weight.data, spec, name)
-        total, count = 0.0, 0
+        kl, loss, count = 0.0, 0.0, 0
         with torch.no_grad():
             for batch, ref in zip(_batches(tokens, batch_size), reference, strict=True):
-                logq = torch.log_softmax(calib.logits(batch), dim=-1)
-                total += float((ref.exp() * (ref - logq)).sum())
+                logq = torch.log_softmax(calib.logits(batch)[:, :-1], dim=-1)
+                kl += float((ref.exp() * (ref - logq)).sum())
+                target = batch[:, 1:, None].to(calib.device)
+                loss += float((ref.gather(-1, target) - logq.gather(-1, target)).sum())
                 count += ref.shape[0] * ref.shape[1]
-        return total / count
+        return kl / count, loss / count
     finally:
         for name, data in saved.items():
             calib.modules[name].weight.data = data
@@ -282,24 +307,28 @@ def compute_sensitivities(model_dir: Path, formats: list[str], settings: Calibra
     calib = CalibrationModel(model_dir, settings.device, progress)
     weights = scored_weights(calib.weights)
     per_weight = {w.name: candidates(w, formats, settings.group_size) for w in weights}
-    n_tokens = tokens.numel()
-    costs: dict[str, dict[str, float]] = {w.name: {} for w in weights}
+    positions = tokens.shape[0] * (tokens.shape[1] - 1)
+    kl: dict[str, dict[str, float]] = {w.name: {} for w in weights}
+    linear: dict[str, dict[str, float]] = {w.name: {} for w in weights}
     usage: dict[str, float] = {}
     if settings.method == "fisher":
-        stats = collect_fisher(calib, weights, tokens, settings.batch_size, settings.seed, progress)
+        stats = collect_statistics(calib, weights, tokens, settings.batch_size, settings.seed, progress)
         for w in tqdm(weights, desc="scoring formats", unit="weight", disable=not progress):
             weight = calib.modules[w.name].weight
             for fmt, spec in per_weight[w.name].items():
-                costs[w.name][fmt] = stats[w.name].cost(quantization_error(weight, spec, w.name)) / n_tokens
+                delta = quantization_error(weight, spec, w.name)
+                kl[w.name][fmt] = stats[w.name].quadratic(delta) / positions
+                linear[w.name][fmt] = stats[w.name].linear(delta) / positions
             if w.category == "expert":
-                usage[w.name] = stats[w.name].tokens / n_tokens
+                usage[w.name] = stats[w.name].tokens / tokens.numel()
     else:
         reference = reference_logprobs(calib, tokens, settings.batch_size)
         jobs = [(w.name, fmt, spec) for w in weights for fmt, spec in per_weight[w.name].items()]
-        for name, fmt, spec in tqdm(jobs, desc="measuring KL", unit="candidate", disable=not progress):
-            costs[name][fmt] = measured_kl(calib, tokens, reference, settings.batch_size, {name: spec})
+        for name, fmt, spec in tqdm(jobs, desc="measuring", unit="candidate", disable=not progress):
+            kl[name][fmt], loss = measured_change(calib, tokens, reference, settings.batch_size, {name: spec})
+            linear[name][fmt] = loss - kl[name][fmt]
     key = {**cache_key(model_dir, settings), "formats": sorted(formats)}
-    return SensitivityTable(key, costs, usage, time.perf_counter() - started)
+    return SensitivityTable(key, kl, linear, usage, time.perf_counter() - started)
 
 
 def load_or_compute(model_dir: Path, formats: list[str], settings: CalibrationSettings, cache: Path | None,

@@ -19,15 +19,22 @@ from mpq_serving.plan import resolve
 from mpq_serving.plan.bits import average_bits
 from mpq_serving.plan.model_weights import linear_weights
 from mpq_serving.plan.validate import validate_plan
-from mpq_serving.search.budget import build_problem, pareto_front, parse_formats, solution_plan, solve, solve_choices
+from mpq_serving.search.budget import (
+    build_problem,
+    pareto_front,
+    parse_formats,
+    solution_plan,
+    solve,
+    solve_choices,
+)
 from mpq_serving.search.common import SearchRecord
 from mpq_serving.search.sensitivity import (
     CalibrationModel,
     CalibrationSettings,
     SensitivityTable,
-    collect_fisher,
+    collect_statistics,
     compute_sensitivities,
-    measured_kl,
+    measured_change,
     quantization_error,
     reference_logprobs,
 )
@@ -49,12 +56,13 @@ def mixtral_dir(tmp_path_factory) -> Path:
 def fake_table(model: Path, seed: int = 0) -> SensitivityTable:
     """Costs that fall with bits, with random sizes per weight, as real sensitivities do."""
     rng = random.Random(seed)
-    costs = {}
+    kl, linear = {}, {}
     for w in linear_weights(model):
         scale = rng.uniform(0.1, 10.0)
-        costs[w.name] = {"bf16": 0.0, "fp8": 0.01 * scale * rng.uniform(0.5, 1.5),
-                         "gptq_int4": scale * rng.uniform(0.5, 1.5), "mxfp4": scale * rng.uniform(0.5, 1.5)}
-    return SensitivityTable({"formats": FORMATS}, costs)
+        kl[w.name] = {"bf16": 0.0, "fp8": 0.01 * scale * rng.uniform(0.5, 1.5),
+                      "gptq_int4": scale * rng.uniform(0.5, 1.5), "mxfp4": scale * rng.uniform(0.5, 1.5)}
+        linear[w.name] = {f: 0.1 * v * rng.uniform(-1, 1) for f, v in kl[w.name].items()}
+    return SensitivityTable({"formats": FORMATS}, kl, linear)
 
 
 def test_solver_matches_brute_force_on_a_hand_checkable_instance():
@@ -85,7 +93,7 @@ def test_budget_plan_keeps_the_budget_and_is_valid(llama_dir):
         assert validate_plan(plan, llama_dir) == []
     front = pareto_front(problem, 8)
     assert [s.avg_bits for s in front] == sorted(s.avg_bits for s in front)
-    assert all(a.predicted_kl >= b.predicted_kl for a, b in itertools.pairwise(front))
+    assert all(a.predicted_loss >= b.predicted_loss for a, b in itertools.pairwise(front))
 
 
 def test_impossible_budget_names_the_achievable_range(llama_dir):
@@ -123,31 +131,48 @@ def test_cli_refuses_unknown_format_and_impossible_budget_before_calibrating(tmp
     assert result.exit_code == 1 and "--sensitivity 'hessian'" in result.output
 
 
-def test_fisher_estimate_tracks_measured_kl(llama_dir):
-    """The proxy the search optimizes against the quantity it stands for, on a few weights."""
+def test_objective_picks_the_cost(llama_dir):
+    weights = linear_weights(llama_dir)
+    table = fake_table(llama_dir)
+    for objective in ("kl", "nll"):
+        problem = build_problem(weights, table, FORMATS, 128, objective)
+        option = problem.options[0][-1]
+        expected = table.kl[problem.names[0]][option.format]
+        if objective == "nll":
+            expected += table.linear[problem.names[0]][option.format]
+        assert option.cost == expected
+    with pytest.raises(MPQError, match="--objective 'ppl'"):
+        build_problem(weights, table, FORMATS, 128, "ppl")
+
+
+def test_fisher_estimates_track_measured_kl_and_loss(llama_dir):
+    """The estimates the search optimizes against the quantities they stand for, on a few weights."""
     tokens = torch.randint(0, 49152, (4, 48), generator=torch.Generator().manual_seed(0))
     calib = CalibrationModel(llama_dir, progress=False)
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.mlp.up_proj"]
     weights = [w for w in calib.weights if w.name in names]
-    stats = collect_fisher(calib, weights, tokens, batch_size=4, seed=0, progress=False)
+    stats = collect_statistics(calib, weights, tokens, batch_size=4, seed=0, progress=False)
     reference = reference_logprobs(calib, tokens, 4)
+    positions = 4 * 47
     for name in names:
         error = quantization_error(calib.modules[name].weight, QuantSpec("mxfp4"), name)
-        predicted = stats[name].cost(error) / tokens.numel()
-        kl = measured_kl(calib, tokens, reference, 4, {name: QuantSpec("mxfp4")})
-        assert 1 / 3 < predicted / kl < 3, name  # sampled labels: a noisy estimate
+        kl, loss = measured_change(calib, tokens, reference, 4, {name: QuantSpec("mxfp4")})
+        predicted_kl = stats[name].quadratic(error) / positions
+        predicted_loss = predicted_kl + stats[name].linear(error) / positions
+        assert 1 / 3 < predicted_kl / kl < 3, name  # sampled labels: a noisy estimate
+        assert abs(predicted_loss - loss) < 0.5 * abs(loss) + kl, name  # second order on random weights
 
 
 def test_expert_costs_carry_router_usage(mixtral_dir):
     tokens = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(1))
     table = compute_sensitivities(mixtral_dir, ["mxfp4"], CalibrationSettings(nsamples=2, seq_len=32), tokens,
                                   progress=False)
-    experts = [n for n in table.costs if ".experts." in n]
+    experts = [n for n in table.kl if ".experts." in n]
     assert len(experts) == 2 * 8 * 3 and set(table.usage) == set(experts)
     per_layer = sum(table.usage[f"model.layers.0.block_sparse_moe.experts.{e}.w1"] for e in range(8))
-    assert per_layer == pytest.approx(2.0)  # top-2: every token counted by two experts
+    assert per_layer == pytest.approx(2.0)  # top-2: every position counted by two experts
     unused = [n for n in experts if table.usage[n] == 0]
-    assert all(table.costs[n]["mxfp4"] == 0 for n in unused)
+    assert all(table.kl[n]["mxfp4"] == 0 and table.linear[n]["mxfp4"] == 0 for n in unused)
 
 
 @pytest.mark.slow
@@ -165,4 +190,4 @@ def test_cli_writes_a_valid_plan_reuses_its_cache_and_writes_the_front(tmp_path,
     assert summary["avg_bits"] <= 15.8 and summary["strategy"] == "budget" and summary["seed"] == 0
     front = json.loads((tmp_path / "b10.pareto" / "front.json").read_text())
     assert len(front) >= 2 and all(Path(row["plan"]).is_file() for row in front)
-    assert (tmp_path / "b10.pareto" / "front.csv").read_text().startswith("target_avg_bits,avg_bits,predicted_kl")
+    assert (tmp_path / "b10.pareto" / "front.csv").read_text().startswith("target_avg_bits,avg_bits,predicted_loss")
