@@ -127,6 +127,16 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
     return model.eval()
 
 
+def module_path(model: nn.Module, weight_name: str) -> str:
+    """Where the module of checkpoint weight `weight_name` (no `.weight` suffix) sits in a model that
+    `load_model` built: transformers' renames applied, and an MoE expert's projection at
+    `<experts>.experts.<e>.<gate|up|down>_proj` inside MixedPrecisionExperts. For code that hooks or
+    swaps single layers (the plan searches)."""
+    target = _renamer(model)(weight_name)
+    m = _EXPERT.match(target)
+    return f"{m['prefix']}.experts.{m['e']}.{_ROLE[m['proj']]}_proj" if m else target
+
+
 def _renamer(model: nn.Module):
     """Checkpoint name → model name: transformers 5 renames Mixtral's `block_sparse_moe` to `mlp`."""
     names = {n for n, _ in model.named_modules()}

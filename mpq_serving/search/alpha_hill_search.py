@@ -303,6 +303,9 @@ class PerplexityEvaluator:
         return self._quantized[key]
 
 
+_IN_EXPERTS = re.compile(r"^(.+)\.experts\.\d+$")
+
+
 @dataclass(frozen=True)
 class _Slot:
     parent: nn.Module  # the module holding the MixedPrecisionLinear as attribute `leaf`
@@ -312,19 +315,15 @@ class _Slot:
 
 def _linear_slots(model: nn.Module, model_dir: str | Path) -> dict[str, _Slot]:
     """Checkpoint weight name -> where its MixedPrecisionLinear sits in `load_model`'s model (experts too)."""
-    from ..loaders.hf_model import _EXPERT, _ROLE, _renamer
+    from ..layers.moe import MixedPrecisionExperts
+    from ..loaders.hf_model import module_path
 
-    rename = _renamer(model)
     slots: dict[str, _Slot] = {}
     for w in linear_weights(model_dir):
-        target = rename(w.name)
-        m = _EXPERT.match(target)
-        if m:
-            expert = model.get_submodule(m["prefix"]).experts[int(m["e"])]
-            slot = _Slot(expert, f"{_ROLE[m['proj']]}_proj", m["prefix"])
-        else:
-            owner, _, leaf = target.rpartition(".")
-            slot = _Slot(model.get_submodule(owner) if owner else model, leaf, None)
+        owner, _, leaf = module_path(model, w.name).rpartition(".")
+        m = _IN_EXPERTS.match(owner)  # <experts>.experts.<e>: an expert inside MixedPrecisionExperts
+        experts = m[1] if m and isinstance(model.get_submodule(m[1]), MixedPrecisionExperts) else None
+        slot = _Slot(model.get_submodule(owner) if owner else model, leaf, experts)
         if isinstance(getattr(slot.parent, slot.leaf, None), MixedPrecisionLinear):
             slots[w.name] = slot
     return slots

@@ -47,8 +47,14 @@ from tqdm.auto import tqdm
 from ..formats import QuantSpec, get_format
 from ..plan import Plan
 from ..plan.model_weights import LinearWeight
-from .common import SearchRecord, fits, plan_from_assignment
-from .smoothquant import CalibrationTaps, searched_weights, smooth_scales
+from .common import (
+    CalibrationTaps,
+    SearchRecord,
+    fits,
+    plan_from_assignment,
+    searched_weights,
+)
+from .smoothquant import smooth_scales
 
 W4 = "mxfp4"
 A4, A8 = "mxfp4", "mxfp8"

@@ -39,8 +39,14 @@ from ..formats import QuantSpec, get_format
 from ..plan import Plan, resolve
 from ..plan.bits import average_bits
 from ..plan.model_weights import LinearWeight, linear_weights
-from .common import SearchRecord, candidate_spec, fits, plan_from_assignment
-from .smoothquant import CalibrationTaps, searched_weights
+from .common import (
+    CalibrationTaps,
+    SearchRecord,
+    candidate_spec,
+    fits,
+    plan_from_assignment,
+    searched_weights,
+)
 
 DEFAULT_FORMATS = ("bf16", "fp8", "int8", "gptq_int4", "mxfp4")
 _RHO2_MAX = 1.0 - 1e-6
