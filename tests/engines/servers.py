@@ -1,0 +1,175 @@
+"""Start a real serving-engine process for a test and stop it afterwards.
+
+`VllmServer` runs `python -m vllm.entrypoints.openai.api_server` from `.venv-vllm` (or the current
+interpreter when it imports vllm) on a model folder, on a free port, with its caches in a temporary
+folder, waits until `/v1/models` answers, and kills the whole process group at the end. When the
+server dies during start-up the exception carries the tail of its log, so a failing test says why.
+
+Use it through a module-scoped fixture so one server serves a whole test module:
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory, packed_dir):
+        with VllmServer(packed_dir, tmp_path_factory.mktemp("vllm"), ["--enforce-eager"]) as s:
+            yield s
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited, or did not answer in time; the message ends with its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_python() -> str:
+    """The interpreter that has vLLM: the current one if `import vllm` works in it, else .venv-vllm's."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    return str(VLLM_VENV_PYTHON)
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class VllmServer:
+    """A vLLM OpenAI server on `model_dir`; a context manager. `base_url` ends in /v1."""
+
+    def __init__(self, model_dir: Path | str, work_dir: Path | str, extra_args: list[str] | tuple = (),
+                 *, timeout_s: float = 600.0, max_model_len: int = 512, max_num_seqs: int = 8,
+                 env: dict[str, str] | None = None, python: str | None = None):
+        self.model_dir = str(model_dir)
+        self.work_dir = Path(work_dir)
+        self.extra_args = list(extra_args)
+        self.timeout_s = timeout_s
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.extra_env = dict(env or {})
+        self.python = python or vllm_python()
+        self.port = free_port()
+        self.log_path = self.work_dir / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+                "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(self.max_model_len),
+                "--max-num-seqs", str(self.max_num_seqs), *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        cache = self.work_dir / "cache"
+        tmp = self.work_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for tests, small on a shared box
+            "VLLM_CACHE_ROOT": str(cache / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+            "TMPDIR": str(tmp),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "VllmServer":
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.environment(), cwd=self.work_dir, start_new_session=True)
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(f"vLLM server exited with code {code} during start-up:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise ServerStartError(f"vLLM server did not answer within {self.timeout_s:.0f} s:\n{self.log()}")
+
+    def wait_exit(self, timeout_s: float | None = None) -> int:
+        """For servers expected to fail: wait for the process to exit and return its code."""
+        try:
+            return self.process.wait(timeout=timeout_s or self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+
+    def log(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group (vLLM spawns engine workers), SIGKILL what is left."""
+        if self.process is None:
+            return
+        try:
+            pgid = os.getpgid(self.process.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+
+    def __enter__(self) -> "VllmServer":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
