@@ -1,0 +1,1 @@
+"""Serving-engine integrations: `common/` (engine-independent), `vllm/`, `sglang/` (thin adapters)."""
