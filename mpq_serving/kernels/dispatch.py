@@ -3,7 +3,8 @@
 A `Kernel` says whether it can run `(q, x)` and why not (`can_run`, cheap: called every forward),
 optionally turns the packed tensors into the form it computes from (`prepare`, run once per layer),
 and computes `x @ W^T` from that state (`run`).  Kernels are tried in registration order (see
-`kernels/__init__.py`); the last resort is the format's float32 torch reference (`Format.matmul`).
+`kernels/__init__.py`), after the Triton GPU kernel (`kernels/triton`, CUDA only); the last resort
+is the format's float32 torch reference (`Format.matmul`).
 Kernels always see x as 2-D [rows, in]; `linear` flattens and restores the leading dims.
 
 Prepared states live in a `KernelCache` owned by each layer, so a layer repacks once, on its first
@@ -18,6 +19,7 @@ groups are not uniform); the chooser then moves on to the next kernel, and a cac
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +79,18 @@ def register_kernel(kernel: Kernel, priority_first: bool = False) -> None:
 
 
 def registered_kernels() -> tuple[Kernel, ...]:
-    return (*_KERNELS, REFERENCE)
+    return (*_gpu_kernels(), *_KERNELS, REFERENCE)
+
+
+@functools.cache
+def _gpu_kernels() -> tuple[Kernel, ...]:
+    """The Triton kernel, tried first: off CUDA it declines with the reason and imports no Triton.
+
+    Imported here, on first use, because `kernels/triton` itself imports this module.
+    """
+    from .triton.dispatch_kernel import TRITON_LINEAR
+
+    return (TRITON_LINEAR,)
 
 
 Signature = tuple[tuple[object, ...], ...]
