@@ -15,6 +15,7 @@ from ..dispatch import Kernel, Unsupported
 from .runtime import unavailable_reason
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+FLOAT_WEIGHTS = frozenset({"bf16", "fp16", "fp32"})  # the grouped MoE kernel reads these; linears use cuBLAS
 DECODE_MAX_M = 16  # configs.DECODE_MAX_M, repeated so that this check imports no Triton
 
 
@@ -30,6 +31,8 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
         return False, why
     if q.format not in _formats():
         return False, f"no Triton kernel for {q.format}"
+    if q.format in FLOAT_WEIGHTS:
+        return False, f"{q.format} weights: the vendor GEMM (F.linear) is faster"
     if x.dtype not in FLOAT_DTYPES:
         return False, f"activation dtype {x.dtype}"
     if any(t.device != x.device for t in q.tensors.values()):

@@ -1,0 +1,68 @@
+"""`mpq bench kernels` (kernel roofline per format and batch) and `mpq bench serve` (OpenAI load generator)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import fail
+
+app = typer.Typer(no_args_is_help=True, help="Kernel roofline and serving throughput benchmarks.")
+out = Console(highlight=False, width=180)  # wide tables stay one row per line in logs and pipes
+
+
+def _csv(text: str, cast=str) -> list:
+    return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+@app.command("kernels")
+def kernels(
+    formats: str = typer.Option(
+        "gptq_int4,gptq_int4_act_order,awq_int4,fp8,fp8_w8a8,int8,int8_w8a8,mxfp4,mxfp8", "--formats",
+        help="Comma-separated benchmark formats (see mpq_serving/bench/kernel_bench.py SPECS).",
+    ),
+    batches: str = typer.Option("1,4,16,64,256", "--batches", help="Comma-separated batch sizes (rows of x)."),
+    device: str = typer.Option("auto", "--device", help="cuda, cpu, or auto (cuda when available)."),
+    small: bool | None = typer.Option(
+        None, "--small/--large",
+        help="CPU-sized shapes (512x512, 512x1792, 1792x512, MoE 8x top-2) instead of 4096x4096, 4096x14336, "
+        "14336x4096 and MoE 64x top-8; default: small on CPU, large on CUDA.",
+    ),
+    moe: bool = typer.Option(True, "--moe/--no-moe", help="Also time the mixed-format MoE layer."),
+    json_out: Path = typer.Option(Path("kernel_bench.json"), "--json", help="Where to write the rows as JSON."),
+) -> None:
+    """Time each format's kernel per batch size: µs, GB/s, % of measured copy bandwidth, speed-up over bf16."""
+    import torch
+
+    from ..bench.kernel_bench import rows_as_json, run_kernel_bench
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is visible")
+    small = dev.type != "cuda" if small is None else small
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+    def progress(row) -> None:
+        out.print(f"  {row.shape:>28} {row.format:>20} b={row.batch:<4} {row.time_us:10.1f} µs  {row.gbps:7.1f} GB/s",
+                  highlight=False)
+
+    try:
+        peak, rows = run_kernel_bench(
+            device=dev, small=small, formats=_csv(formats), batches=_csv(batches, int), moe=moe, progress=progress
+        )
+    except ValueError as e:
+        fail(str(e))
+    table = Table(title=f"Kernels on {name}: peak copy bandwidth {peak / 1e9:.1f} GB/s (measured)")
+    for col in ("shape (K x N)", "format", "batch", "kernel", "µs", "GB/s", "% peak", "× bf16"):
+        table.add_column(col, justify="right" if col not in ("format", "kernel", "shape (K x N)") else "left")
+    for r in rows:
+        table.add_row(r.shape, r.format, str(r.batch), r.kernel, f"{r.time_us:.1f}", f"{r.gbps:.1f}",
+                      f"{r.pct_peak:.0f}", f"{r.speedup_vs_bf16:.2f}")
+    out.print(table)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(rows_as_json(name, peak, rows), indent=1))
+    out.print(f"wrote {json_out}")
