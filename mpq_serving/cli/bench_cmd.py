@@ -66,3 +66,58 @@ def kernels(
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(rows_as_json(name, peak, rows), indent=1))
     out.print(f"wrote {json_out}")
+
+
+@app.command("serve")
+def serve(
+    targets: list[str] = typer.Argument(
+        None, help="What `mpq serve` serves, one at a time: model folders / demo names, packed folders, plan files."
+    ),
+    engine: str = typer.Option("hf", "--engine", help="vllm, sglang or hf: the engine `mpq serve` starts."),
+    model: str | None = typer.Option(None, "--model", help="Base model (folder or demo name) for plan targets."),
+    url: list[str] = typer.Option(None, "--url", help="An already running OpenAI server (…/v1); repeatable."),
+    concurrency: str = typer.Option("1,2,4,8", "--concurrency", help="Comma-separated concurrency levels."),
+    requests: int = typer.Option(8, "--requests", help="Requests per level (at least 2 x concurrency)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Output tokens per request (ignore_eos)."),
+    prompt_words: int = typer.Option(64, "--prompt-words", help="Words of Wikipedia text per prompt."),
+    out_dir: Path = typer.Option(Path("bench-serve"), "--out", help="Folder for the JSON, the plot and server logs."),
+) -> None:
+    """Load-test OpenAI servers: requests/s, output tokens/s, TTFT and inter-token latency p50/p90/p99."""
+    from ..bench.serve_bench import ServeBenchConfig, bench_targets, bench_url, plot
+    from ..errors import MPQError
+
+    if engine not in ("vllm", "sglang", "hf"):
+        fail(f"--engine {engine!r}: choose vllm, sglang or hf")
+    if not targets and not url:
+        fail("nothing to benchmark: give targets to serve, or --url of a running server")
+    config = ServeBenchConfig(tuple(_csv(concurrency, int)), requests, max_tokens, prompt_words)
+
+    def progress(level) -> None:
+        out.print(f"  {level.target:>32} c={level.concurrency:<3} {level.output_tokens_per_s:8.1f} tok/s  "
+                  f"TTFT p50 {level.ttft_ms['p50']:8.1f} ms  ITL p50 {level.itl_ms['p50']:7.1f} ms  failed {level.failed}")
+
+    results = []
+    try:
+        for u in url or []:
+            results += bench_url(u.rstrip("/"), f"{engine}:{u}", config, progress)
+        if targets:
+            results += bench_targets(targets, engine, config, out_dir / "logs", model, progress)
+    except MPQError as e:
+        fail(str(e))
+    table = Table(title=f"Serving benchmark ({engine}; {max_tokens} output tokens per request)")
+    for col in ("target", "conc.", "req/s", "out tok/s", "TTFT p50/p90/p99 ms", "ITL p50/p90/p99 ms", "failed"):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for r in results:
+        table.add_row(
+            r.target, str(r.concurrency), f"{r.requests_per_s:.2f}", f"{r.output_tokens_per_s:.1f}",
+            "/".join(f"{r.ttft_ms[p]:.0f}" for p in ("p50", "p90", "p99")),
+            "/".join(f"{r.itl_ms[p]:.1f}" for p in ("p50", "p90", "p99")), f"{r.failed}/{r.requests}",
+        )
+    out.print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serve_bench.json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    plot(results, out_dir / "serve_bench.png")
+    out.print(f"wrote {out_dir / 'serve_bench.json'} and {out_dir / 'serve_bench.png'}")
+    failed = [r for r in results if r.failed]
+    if failed:
+        fail(f"{sum(r.failed for r in failed)} requests failed, e.g. {failed[0].first_error}")
