@@ -14,6 +14,8 @@ app.command("pack")(pack_cmd.pack)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(bench_cmd.app, name="bench", help="Kernel roofline and serving throughput benchmarks.")
 report_cmd.register(app)
+from . import export_cmd  # noqa: E402
+app.add_typer(export_cmd.app, name="export", help="Export a mixed model: GGUF for llama.cpp, compressed-tensors for stock vLLM / SGLang.")
 
 if __name__ == "__main__":
     app()
