@@ -11,7 +11,7 @@ the interpreter):
   the order (0, 2, 4, 6, 1, 3, 5, 7), so output n sits in nibble (n % 2) * 4 + (n % 8) // 2;
 * E4M3 (fp8, mxfp8): the sign-extended byte shifted left by 7 and masked to sign | bits 13..7 is the
   float16 holding value * 2^-8, subnormals included (`fast_dequant.py` has the derivation);
-* E2M1 (mxfp4): magnitude index m = 2e + f is f / 2 for e = 0, else (2 + f) * 2^e / 4; low nibble first;
+* E2M1 (mxfp4): magnitude index m = 2e + f is f / 2 for e = 0, else (1 + f / 2) * 2^(e - 1); low nibble first;
 * E8M0: the byte shifted into float32's exponent field; byte 0 is 2^-127 (a subnormal), 255 is NaN.
 """
 
@@ -30,10 +30,20 @@ FLOAT: tl.constexpr = tl.constexpr(6)
 
 
 @triton.jit
+def e4m3_as_fp16(byte):
+    """int8 E4M3 bit patterns → float16 holding value * 2^-8 (exact).
+
+    In int32, then truncated to 16 bits: 0xBF80 keeps a copy of the sign on bit 15 and the exponent and
+    mantissa on bits 13..7, and integer literals would promote an int16 expression to int32 anyway.
+    """
+    bits = (byte.to(tl.int32) << 7) & 0xBF80
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
 def e4m3_to_float(byte):
     """int8 E4M3 bit patterns → float32 values."""
-    bits = (byte.to(tl.int16) << 7) & -16512  # 0xBF80: float16 sign, exponent and top mantissa bits
-    return bits.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+    return e4m3_as_fp16(byte).to(tl.float32) * 256.0
 
 
 @triton.jit
@@ -51,7 +61,7 @@ def e2m1_to_float(code):
     m = code & 7
     e = m >> 1
     f = (m & 1).to(tl.float32)
-    mag = tl.where(e == 0, f * 0.5, (2.0 + f) * (1 << e).to(tl.float32) * 0.25)
+    mag = tl.where(e == 0, f * 0.5, tl.where(e == 1, 1.0 + f * 0.5, tl.where(e == 2, 2.0 + f, 4.0 + 2.0 * f)))
     return tl.where(code >= 8, -mag, mag)
 
 
@@ -135,5 +145,4 @@ def raw_tile(w0, offs_k, offs_n, mask, s0k, s0n, FMT: tl.constexpr, NATIVE_FP8: 
     elif NATIVE_FP8:
         return raw
     else:
-        bits = (raw.to(tl.int16) << 7) & -16512
-        return bits.to(tl.float16, bitcast=True)
+        return e4m3_as_fp16(raw)

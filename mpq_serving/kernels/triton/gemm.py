@@ -24,7 +24,7 @@ from ...formats import get_format
 from ...formats import fp8 as fp8_format
 from ...formats import int8 as int8_format
 from .configs import DECODE_MAX_M, decode_configs, prefill_configs
-from .dequant import raw_tile, weight_tile
+from .dequant import e4m3_as_fp16, raw_tile, weight_tile
 from .operands import Fmt, WeightOperand
 from .runtime import interpreting, multiprocessors, native_fp8
 
@@ -74,8 +74,7 @@ def _dequant_gemm(
             elif NATIVE_FP8:
                 acc += tl.dot(a, b)
             else:
-                a16 = ((a.to(tl.int16) << 7) & -16512).to(tl.float16, bitcast=True)
-                acc += tl.dot(a16, b)
+                acc += tl.dot(e4m3_as_fp16(a), b)
     y = acc.to(tl.float32)
     if ACT == 2 and not NATIVE_FP8:
         y = y * 65536.0  # both operands were decoded as value * 2^-8

@@ -105,6 +105,12 @@ def _dummy(device: torch.device) -> torch.Tensor:
     return torch.zeros(1, dtype=torch.int32, device=device)
 
 
+def _check_no_e4m3_nan(weight: torch.Tensor, label: str) -> None:
+    """The in-kernel E4M3 decode reads NaN codes (0x7f / 0xff, never written by a quantizer) as finite."""
+    if bool(((weight.view(torch.uint8) & 0x7F) == 0x7F).any()):
+        raise FormatError(f"{label}: the weight holds E4M3 NaN codes, which the Triton decode does not reproduce")
+
+
 def operand_for(q: QuantizedTensor) -> WeightOperand:
     """Describe one packed weight for the kernels; FormatError for a format or spec they do not cover."""
     if q.format not in FMT_OF:
@@ -131,6 +137,8 @@ def operand_for(q: QuantizedTensor) -> WeightOperand:
             s0k=qweight.stride(0), s0n=qweight.stride(1), s1g=scales.stride(0), s1n=scales.stride(1),
             s2g=qzeros.stride(0), s2n=qzeros.stride(1), group=group, has_gidx=has_gidx, spec_label=label,
         )
+    if fmt in (Fmt.FP8, Fmt.MXFP8):
+        _check_no_e4m3_nan(t["weight"], label)
     if fmt == Fmt.FP8:
         w = t["weight"].view(torch.int8)
         if spec.granularity == "block":

@@ -92,3 +92,10 @@ def test_formats_without_a_kernel_are_refused_by_name():
     q = get_format("ct_int4").quantize(torch.randn(8, 32), QuantSpec("ct_int4", group_size=32))
     with pytest.raises(FormatError, match="ct_int4: no Triton kernel"):
         operand_for(q)
+
+
+def test_e4m3_nan_codes_are_refused_so_the_dispatch_falls_back():
+    q = get_format("fp8").quantize(torch.randn(8, 16), QuantSpec("fp8"))
+    q.tensors["weight"].view(torch.uint8)[3, 5] = 0x7F
+    with pytest.raises(FormatError, match="E4M3 NaN codes"):
+        operand_for(q)
