@@ -33,7 +33,7 @@ def kernels(
         "14336x4096 and MoE 64x top-8; default: small on CPU, large on CUDA.",
     ),
     moe: bool = typer.Option(True, "--moe/--no-moe", help="Also time the mixed-format MoE layer."),
-    json_out: Path = typer.Option(Path("kernel_bench.json"), "--json", help="Where to write the rows as JSON."),
+    json_out: Path = typer.Option(Path("out/kernel_bench.json"), "--json", help="Where to write the rows as JSON."),
 ) -> None:
     """Time each format's kernel per batch size: µs, GB/s, % of measured copy bandwidth, speed-up over bf16."""
     import torch
@@ -80,7 +80,7 @@ def serve(
     requests: int = typer.Option(8, "--requests", help="Requests per level (at least 2 x concurrency)."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Output tokens per request (ignore_eos)."),
     prompt_words: int = typer.Option(64, "--prompt-words", help="Words of Wikipedia text per prompt."),
-    out_dir: Path = typer.Option(Path("bench-serve"), "--out", help="Folder for the JSON, the plot and server logs."),
+    out_dir: Path = typer.Option(Path("out/bench-serve"), "--out", help="Folder for the JSON, the plot and server logs."),
 ) -> None:
     """Load-test OpenAI servers: requests/s, output tokens/s, TTFT and inter-token latency p50/p90/p99."""
     from ..bench.serve_bench import ServeBenchConfig, bench_targets, bench_url, plot

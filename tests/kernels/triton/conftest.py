@@ -3,6 +3,8 @@
 TRITON_INTERPRET must be set before `@triton.jit` decorates the kernels (Triton decides compile or
 interpret then), so it is set when pytest loads this file, before the test modules import the kernels.
 Nothing outside kernels/triton imports Triton, so other tests in the same process are unaffected.
+On a GPU box, `MPQ_TRITON_TEST_DEVICE=cuda` runs the same tests on the compiled kernels instead
+(launch/gpu_bench.sh does, before timing them).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import os
 import random
 
-os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = os.environ.get("MPQ_TRITON_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -24,8 +28,23 @@ def seed() -> int:
     return s
 
 
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device(DEVICE)
+
+
+@pytest.fixture
+def on(device: torch.device):
+    """Move a QuantizedTensor's packed tensors to the test device."""
+    from mpq_serving.formats import QuantizedTensor
+
+    return lambda q: QuantizedTensor(q.spec, q.shape, {k: t.to(device) for k, t in q.tensors.items()})
+
+
 @pytest.fixture(autouse=True)
 def _interpreted() -> None:
+    if DEVICE != "cpu":
+        return
     from triton.runtime.interpreter import InterpretedFunction
 
     from mpq_serving.kernels.triton import gemm

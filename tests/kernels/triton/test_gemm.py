@@ -47,20 +47,20 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(("fmt", "fields", "shape"), CASES, ids=IDS)
-def test_fused_kernel_matches_the_format_reference(fmt, fields, shape, seed):
+def test_fused_kernel_matches_the_format_reference(fmt, fields, shape, seed, device, on):
     q = get_format(fmt).quantize(torch.randn(shape) * 0.05, QuantSpec(fmt, **fields))
-    op = operand_for(q)
+    op = operand_for(on(q))
     n, k = shape
     for dtype in (torch.bfloat16, torch.float32):
         for m, split in ((1, None), (5, 1), (33, 1)):  # decode split-K, decode one split, prefill tiles
             x = torch.randn(m, k).to(dtype)
             ref = get_format(fmt).matmul(x.to(torch.float32), q)
-            out = torch.full((m, n), float("nan"), dtype=dtype)
-            split = split or choose_split_k(m, n, k, x.device)
-            workspace = torch.full((split, m, n), float("nan")) if split > 1 else None
-            y = dequant_matmul(x, op, out, split_k=split, workspace=workspace)
+            out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+            split = split or choose_split_k(m, n, k, device)
+            workspace = torch.full((split, m, n), float("nan"), device=device) if split > 1 else None
+            y = dequant_matmul(x.to(device), op, out, split_k=split, workspace=workspace)
             assert y is out and not torch.isnan(y).any(), f"unwritten outputs, {dtype} M={m}, seed {seed}"
-            err = rel_err(y, ref)
+            err = rel_err(y.cpu(), ref)
             assert err <= TOL[dtype], f"{dtype} M={m} split {split}: {err:.2e}, seed {seed}"
 
 

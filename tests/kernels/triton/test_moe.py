@@ -37,7 +37,7 @@ def reference(x, idx, weights, dequantized):
 
 
 @pytest.fixture
-def layer(seed):
+def layer(seed, on):
     experts, dequantized = [], []
     for e in range(EXPERTS):
         spec = SPECS[e % len(SPECS)]
@@ -45,11 +45,11 @@ def layer(seed):
         triple = tuple(fmt.quantize(torch.randn(*s) / 8, spec) for s in ((INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)))
         experts.append(triple)
         dequantized.append(tuple(fmt.dequantize(q) for q in triple))
-    return build_grouped_experts(experts), dequantized
+    return build_grouped_experts([tuple(on(q) for q in triple) for triple in experts]), dequantized
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 33])
-def test_mixed_experts_match_the_per_expert_reference(tokens, layer, seed, monkeypatch):
+def test_mixed_experts_match_the_per_expert_reference(tokens, layer, seed, monkeypatch, device):
     grouped, dequantized = layer
     launches = []
     real_launch = moe._launch
@@ -59,19 +59,20 @@ def test_mixed_experts_match_the_per_expert_reference(tokens, layer, seed, monke
     for dtype in (torch.float32, torch.bfloat16):
         ref = reference(x.to(dtype).float(), idx, weights, dequantized)
         launches.clear()
-        y = grouped_moe(x.to(dtype), idx, weights, grouped, F.silu, fill=float("nan"))
+        y = grouped_moe(x.to(dtype).to(device), idx.to(device), weights.to(device), grouped, F.silu,
+                        fill=float("nan")).cpu()
         assert not torch.isnan(y).any(), f"a routed row was never written, {dtype}, seed {seed}"
         err = float((y.float() - ref).abs().max() / ref.abs().max())
         assert err <= TOL[dtype], f"{tokens} tokens, {dtype}: {err:.2e}, seed {seed}"
         assert len(launches) == 3 * len(SPECS), "one launch per projection and format group, none per expert"
 
 
-def test_experts_with_no_tokens_and_a_group_with_none_routed(layer, seed):
+def test_experts_with_no_tokens_and_a_group_with_none_routed(layer, seed, device):
     grouped, dequantized = layer
     x = torch.randn(4, HIDDEN)
     idx = torch.tensor([[0, 7, 0], [7, 0, 7], [0, 0, 7], [7, 7, 7]])  # experts 0 and 7: both gptq
     weights = torch.rand(4, TOP_K)
-    y = grouped_moe(x, idx, weights, grouped, F.silu, fill=float("nan"))
+    y = grouped_moe(x.to(device), idx.to(device), weights.to(device), grouped, F.silu, fill=float("nan")).cpu()
     ref = reference(x, idx, weights, dequantized)
     assert float((y - ref).abs().max() / ref.abs().max()) <= TOL[torch.float32], f"seed {seed}"
 
