@@ -105,9 +105,10 @@ class BudgetProblem:
         return total / self.params
 
 
-def build_problem(weights: list[LinearWeight], table: SensitivityTable, formats: list[str],
+def build_problem(weights: list[LinearWeight], table: SensitivityTable | None, formats: list[str],
                   group_size: int, objective: str = "nll") -> BudgetProblem:
-    """Options for every scored weight from the table; protected weights fixed at bf16."""
+    """Options for every scored weight from the table; protected weights fixed at bf16. Without a table
+    every cost is 0: the bits alone, to check a budget before calibrating."""
     if objective not in OBJECTIVES:
         raise MPQError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     decided = {w.name for w in scored_weights(weights)}
@@ -116,11 +117,11 @@ def build_problem(weights: list[LinearWeight], table: SensitivityTable, formats:
         if w.name not in decided:
             fixed += get_format("bf16").bits_per_weight(QuantSpec("bf16"), w.shape) * w.numel
             continue
-        if w.name not in table.kl:
+        if table is not None and w.name not in table.kl:
             raise MPQError(f"{w.name}: not in the sensitivity table; delete the cache file to recompute it")
         opts = [Option(fmt, spec, get_format(fmt).bits_per_weight(spec, w.shape) * w.numel,
-                       table.cost(w.name, fmt, objective))
-                for fmt, spec in candidates(w, formats, group_size).items() if fmt in table.kl[w.name]]
+                       0.0 if table is None else table.cost(w.name, fmt, objective))
+                for fmt, spec in candidates(w, formats, group_size).items() if table is None or fmt in table.kl[w.name]]
         if not opts:
             raise MPQError(f"{w.name} (shape {w.shape[0]}x{w.shape[1]}) fits none of the formats "
                            f"{', '.join(formats)}; add one that fits it, e.g. bf16")
@@ -181,13 +182,19 @@ class Solution:
     predicted_loss: float
 
 
-def solve(problem: BudgetProblem, target_avg_bits: float) -> Solution:
-    """The least-predicted-loss assignment with average bits ≤ target; an error giving the achievable range."""
+def check_target(problem: BudgetProblem, target_avg_bits: float) -> None:
+    """An error giving the achievable range when no assignment can be as small as the target."""
     low, high = problem.bits_range()
     if target_avg_bits < low:
         raise MPQError(f"--target-avg-bits {target_avg_bits:g} is below the {low:.4f} average bits that the "
                        f"smallest candidate formats reach (protected layers in bf16 included); achievable: "
                        f"{low:.4f} to {high:.4f}")
+
+
+def solve(problem: BudgetProblem, target_avg_bits: float) -> Solution:
+    """The least-predicted-loss assignment with average bits ≤ target; an error giving the achievable range."""
+    check_target(problem, target_avg_bits)
+    low, high = problem.bits_range()
     costs = [[o.cost for o in opts] for opts in problem.options]
     bits = [[o.bits / problem.params for o in opts] for opts in problem.options]
     room = target_avg_bits - problem.fixed_bits / problem.params
@@ -258,6 +265,7 @@ def budget_search(model_dir: Path, target_avg_bits: float, formats: list[str], s
         "objective": objective, "sensitivity": settings.method, "nsamples": settings.nsamples,
         "seq_len": settings.seq_len, "text": settings.text, "group_size": settings.group_size, "device": settings.device}, seed=settings.seed)
     weights = linear_weights(model_dir)
+    check_target(build_problem(weights, None, formats, settings.group_size, objective), target_avg_bits)
     cache = cache or cache_path(output.parent, model_dir, settings)
     table, from_cache = load_or_compute(model_dir, formats, settings, cache, progress=progress)
     problem = build_problem(weights, table, formats, settings.group_size, objective)
