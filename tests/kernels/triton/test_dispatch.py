@@ -50,3 +50,30 @@ def test_forced_triton_declines_block_fp8_w8a8_and_the_reference_runs(monkeypatc
     choice = choose_kernel(q, x, KernelCache())
     assert choice.kernel.name != TRITON and "W8A8 fp8 with block scales" in choice.describe()
     assert torch.allclose(linear(x, q), get_format("fp8").matmul(x, q)), f"seed {seed}"
+
+
+def test_mixed_experts_module_runs_as_grouped_launches_when_forced(monkeypatch, caplog, seed):
+    from mpq_serving.kernels.triton.dispatch_kernel import grouped_experts_forward
+    from mpq_serving.layers.moe import MixedPrecisionExpert, MixedPrecisionExperts
+
+    specs = [QuantSpec("gptq_int4", group_size=32), QuantSpec("mxfp4"), QuantSpec("fp8"), QuantSpec("int8")]
+    hidden, inter = 64, 96
+    experts = []
+    for e in range(6):
+        spec = specs[e % len(specs)]
+        fmt = get_format(spec.format)
+        layers = [MixedPrecisionLinear(fmt.quantize(torch.randn(o, i) / 8, spec)) for o, i in
+                  ((inter, hidden), (inter, hidden), (hidden, inter))]
+        experts.append(MixedPrecisionExpert(*layers))
+    module = MixedPrecisionExperts(experts, torch.nn.functional.silu)
+    x = torch.randn(7, hidden)
+    weights, idx = torch.randn(7, 6).softmax(-1).topk(2)
+    monkeypatch.delenv("MPQ_TRITON", raising=False)
+    assert grouped_experts_forward(module, x, idx, weights) is None  # CPU: the module's own loop
+    monkeypatch.setenv("MPQ_TRITON", "force")
+    with caplog.at_level(logging.INFO, logger="mpq_serving.kernels.dispatch"):
+        y = grouped_experts_forward(module, x, idx, weights)
+    monkeypatch.setenv("MPQ_TRITON", "0")
+    ref = module(x, idx, weights)  # per-expert loop through the CPU kernels
+    assert float((y - ref).abs().max() / ref.abs().max()) <= 1e-4, f"seed {seed}"
+    assert any("Triton grouped MoE kernel" in r.getMessage() for r in caplog.records)
