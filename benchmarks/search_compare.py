@@ -57,6 +57,8 @@ from mpq_serving.search.sensitivity import (
 
 ALL_FORMATS = ["bf16", "fp8", "int8", "mxfp8", "gptq_int4", "awq_int4", "mxfp4"]
 STRATEGIES = ("uniform", "random", "alpha-hill", "genetic", "mutual-info", "budget")
+STRATEGY_LABELS = ("uniform RTN", "random (000)", "alpha-hill (001)", "genetic (002, W4 + A4/A8)", "mutual-info (003)",
+                   "budget")  # table order
 console = Console(highlight=False, width=200)
 
 
@@ -120,13 +122,21 @@ def _mpq(*argv: str, log: Path) -> float:
 
 
 def _random_ratio(folder: Path, budget: float, seed: int) -> float:
-    """The smallest mxfp4 ratio (bf16 ratio 0, weight-only) whose seed-000 plan is at or under `budget` bits."""
+    """The smallest mxfp4 ratio (bf16 ratio 0, weight-only) whose seed-000 plan is at or under `budget` bits
+    (bisection: every extra mxfp4 layer replaces an mxfp8 one, so bits fall as the ratio grows)."""
     n = len(scored_weights(linear_weights(folder)))
-    for k in range(n + 1):
-        plan = random_plan(folder, RandomPlanConfig(mxfp4_ratio=k / n, bf16_ratio=0.0, seed=seed, weight_only=True))
-        if plan.summary["avg_bits"] <= budget:
-            return k / n
-    raise SystemExit(f"no random plan reaches {budget} bits")
+
+    def bits(k: int) -> float:
+        config = RandomPlanConfig(mxfp4_ratio=k / n, bf16_ratio=0.0, seed=seed, weight_only=True)
+        return random_plan(folder, config).summary["avg_bits"]
+
+    if bits(n) > budget:
+        raise SystemExit(f"no random plan reaches {budget} bits")
+    low, high = 0, n  # bits(high) <= budget
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if bits(mid) <= budget else (mid + 1, high)
+    return high / n
 
 
 def _uniform(fmt: str, folder: Path, out: Path) -> Path:
@@ -160,6 +170,8 @@ class Runs:
             return plan
         console.print(f"searching {name} ...")
         self.times[name] = round(_mpq(*argv, log=self.out / f"{name}.log"), 1)
+        if self.times_file.is_file():  # another run on the same --out may have added its own
+            self.times = {**json.loads(self.times_file.read_text()), **self.times}
         self.times_file.write_text(json.dumps(self.times, indent=1) + "\n")
         console.print(f"  {name}: {self.times[name]:.0f} s")
         return plan
@@ -210,15 +222,6 @@ def table(args: argparse.Namespace) -> None:
             rows.append((group, "random (000)", runs.run(
                 f"random_{group}", "plan", "random", args.model, "--mxfp4-ratio", f"{ratio:.6f}", "--bf16-ratio", "0",
                 "--weight-only", "--seed", str(args.seed), "-o", str(out / f"random_{group}.json"))))
-        if "alpha-hill" in wanted:
-            rows.append((group, "alpha-hill (001)", runs.run(
-                f"alpha_hill_{group}", "plan", "alpha-hill", args.model, "--target-avg-bits", group,
-                "--ppl-threshold", "100", "--step-size", str(args.alpha_step), "--no-progress",
-                "-o", str(out / f"alpha_hill_{group}.config.json"),
-                "--output-plan", str(out / f"alpha_hill_{group}.json"), plan=out / f"alpha_hill_{group}.json")))
-        if "genetic" in wanted and b == min(budgets):
-            rows.append((group, "genetic (002, W4 + A4/A8)", runs.run(
-                "genetic", "plan", "genetic", args.model, "-o", str(out / "genetic.json"))))
         if "mutual-info" in wanted:
             rows.append((group, "mutual-info (003)", runs.run(
                 f"mutual_info_{group}", "plan", "mutual-info", args.model, "--target-avg-bits", group,
@@ -228,9 +231,20 @@ def table(args: argparse.Namespace) -> None:
                 f"budget_{group}", "plan", "budget", args.model, "--target-avg-bits", group, "--formats", formats,
                 "--objective", args.objective, "--nsamples", str(args.nsamples),
                 "--sensitivity-cache", str(out / "sensitivity.json"), "-o", str(out / f"budget_{group}.json"))))
+        if "alpha-hill" in wanted:
+            rows.append((group, "alpha-hill (001)", runs.run(
+                f"alpha_hill_{group}", "plan", "alpha-hill", args.model, "--target-avg-bits", group,
+                "--ppl-threshold", "100", "--step-size", str(args.alpha_step), "--no-progress",
+                "-o", str(out / f"alpha_hill_{group}.config.json"),
+                "--output-plan", str(out / f"alpha_hill_{group}.json"), plan=out / f"alpha_hill_{group}.json")))
+        if "genetic" in wanted and b == min(budgets):
+            rows.append((group, "genetic (002, W4 + A4/A8)", runs.run(
+                "genetic", "plan", "genetic", args.model, "-o", str(out / "genetic.json"))))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     cache_dir = out / "eval_cache"
     baseline = _evaluate_cached(None, folder, tokenizer, args.max_tokens, cache_dir, args.fresh)
+    order = ["uniform", *(f"{b:g}" for b in budgets)]
+    rows.sort(key=lambda r: (order.index(r[0]), [s.split()[0] for s in STRATEGY_LABELS].index(r[1].split()[0])))
     results = [(g, s, p, _evaluate_cached(p, folder, tokenizer, args.max_tokens, cache_dir, args.fresh))
                for g, s, p in rows]
     write_report([baseline] + [r for *_, r in results], folder, out / "report",
@@ -273,8 +287,8 @@ def main() -> None:
     t.add_argument("--budgets", default="4.5,6")
     t.add_argument("--strategies", default=",".join(STRATEGIES))
     t.add_argument("--uniform", default="mxfp4,awq_int4,gptq_int4", help="uniform RTN formats to score")
-    t.add_argument("--objective", default="kl", help="budget search objective (kl / nll)")
-    t.add_argument("--nsamples", type=int, default=16, help="budget search calibration windows")
+    t.add_argument("--objective", default="nll", help="budget search objective (nll / kl)")
+    t.add_argument("--nsamples", type=int, default=64, help="budget search calibration windows")
     t.add_argument("--alpha-step", type=float, default=0.25, help="alpha-hill --step-size")
     t.add_argument("--seed", type=int, default=42, help="random plan seed")
     t.add_argument("--max-tokens", type=int, default=8192)

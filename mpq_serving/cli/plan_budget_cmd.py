@@ -19,7 +19,8 @@ def budget_cmd(
                                           "linear weight, counted as `mpq plan avg-bits` counts them."),
     output: Path = typer.Option(..., "-o", "--output", "--output-config", help="Plan file to write (.json / .yaml)."),
     formats: str = typer.Option("bf16,fp8,gptq_int4,mxfp4", "--formats", help="Candidate formats, comma-separated."),
-    nsamples: int = typer.Option(16, "--nsamples", help="Calibration sequences."),
+    nsamples: int = typer.Option(64, "--nsamples", help="Calibration sequences (the nll "
+                                  "objective's first-order term is noisy with fewer)."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration sequence."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows and of the sampled labels."),
     group_size: int = typer.Option(128, "--group-size", help="Preferred group of grouped int4 formats "
@@ -31,7 +32,7 @@ def budget_cmd(
     batch_size: int = typer.Option(2, "--batch-size", min=1, help="Calibration sequences per pass."),
     device: str = typer.Option("cpu", "--device", help="cpu / cuda: where the calibration passes run."),
     pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front: plans in <OUT stem>.pareto/ "
-                                "with front.json and front.csv (bits, predicted KL)."),
+                                "with front.json and front.csv (bits, predicted loss)."),
     pareto_points: int = typer.Option(16, "--pareto-points", min=2, help="Budgets sampled along the front."),
     cache: Path | None = typer.Option(None, "--sensitivity-cache", help="Sensitivity cache file (default: next "
                                       "to OUT, named after the model and the calibration settings)."),

@@ -1,17 +1,28 @@
-"""How much each weight, alone in each candidate format, moves the model away from its bf16 self.
+"""How much each weight, alone in each candidate format, raises the calibration text's loss.
 
-The quantity: the KL divergence from the bf16 model's next-token distribution to the quantized
-model's, per token, on calibration text, when only that weight is quantized. KL to the model's own
-distribution (not the change of cross-entropy on the text's labels) because it is zero with a zero
-gradient at the bf16 weights, so its change is second-order and positive for every perturbation, and
-does not reward a quantization error that happens to lower the loss on a few calibration tokens.
+Two quantities per (weight, format), in nats per calibration position, with only that weight quantized:
+`kl`, the KL divergence from the bf16 model's next-token distribution to the quantized model's, and
+`linear`, what the change of the text's own loss (its cross-entropy: what perplexity measures) adds
+to it. The budget search minimizes either (`--objective`):
 
-Two ways to get it:
+- `nll` (default) = kl + linear: the expected change of the text's loss. KL alone counts every move
+  of the distribution as harm, also moves among tokens the text never uses; the first-order term
+  tells which errors the text's own tokens feel. Measured on SmolLM2 (wiki_eval, 8192 tokens, 64
+  calibration windows): at 4.31 avg bits the nll optimum has PPL 25.87 where the kl optimum has 28.93
+  (and uniform awq_int4 27.28); at 4.50, 25.11 vs 26.03; at 5.99, 22.77 vs 23.09 (kl with 16 windows
+  there; at 4.31 its PPL is the same with 16 and 64). The first-order
+  term is a sum over calibration tokens and noisy (the model is near a minimum of its training loss,
+  so its mean is small), hence the 64 windows by default: with 16 the optimum's predicted loss came
+  out negative, a sign the solver was picking noise.
+- `kl`: the safe second-order quantity: zero with a zero gradient at the bf16 weights, positive for
+  every perturbation.
 
-- `kl`: measure it. One forward pass per (weight, format): exact, and the yardstick for the proxy,
-  but 4 formats x 210 SmolLM2 weights is ~800 passes, far too slow on a CPU (and 720 experts more).
-- `fisher` (the default): its second-order estimate, from one forward and one backward pass over the
-  calibration tokens, then one `ΔW H ΔWᵀ` product per (weight, format).
+Two ways to get them (`--sensitivity`):
+
+- `measured`: one forward pass per (weight, format): exact, and the yardstick for the estimate, but
+  4 formats x 210 SmolLM2 weights is ~800 passes, far too slow on a CPU (and 720 experts more).
+- `fisher` (the default): one forward and two backward passes per batch over the calibration tokens,
+  then one `ΔW H ΔWᵀ` product per (weight, format).
   KL ≈ ½ Δyᵀ F Δy, with Δy = x ΔWᵀ the change of the layer's output and F the Fisher information of the
   model's distribution w.r.t. that output, estimated as g gᵀ where g is the gradient of
   log p(ŷ) for labels ŷ sampled from the bf16 model itself (so E[g gᵀ] is the Fisher, not the
@@ -19,9 +30,10 @@ Two ways to get it:
   error) gives ½ Σ_t Σ_j g_tj² (x_t·Δw_j)²; factoring g_tj² ≈ u_t v_j / S through its token and
   channel marginals (u_t = Σ_j g_tj², v_j = Σ_t g_tj², S = Σ u) turns it into statistics of fixed size
   per weight: cost = ½ Σ_j (v_j / S) Δw_jᵀ H̃ Δw_j with H̃ = Σ_t u_t x_t x_tᵀ, a GPTQ-like Hessian whose
-  tokens are weighted by how much the output distribution depends on them. Every format of a weight
-  is then scored from the same H̃ and v. `benchmarks/search_compare.py` checks the proxy against
-  measured KL.
+  tokens are weighted by how much the output distribution depends on them. The first-order term is
+  −⟨∇_W log p(text), ΔW⟩ from the second backward pass (the text's own next tokens as labels). Every
+  format of a weight is then scored from the same statistics. `benchmarks/search_compare.py proxy`
+  checks the estimates against measured values.
 
 Experts: an expert's statistics come only from the tokens the router sends to it, and its output
 gradient carries the routing weight, so an expert's cost is its usage frequency times its per-token
@@ -96,7 +108,7 @@ class CalibrationSettings:
     """What a sensitivity table depends on besides the model and the formats."""
 
     method: str = "fisher"
-    nsamples: int = 16
+    nsamples: int = 64
     seq_len: int = 256
     seed: int = 0
     text: str = "wiki_calib"
