@@ -31,13 +31,15 @@ def make_prompts(count: int, words: int) -> list[str]:
     return [" ".join(text[i * words:(i + 1) * words]) for i in range(count)]
 
 
-def bench_url(url: str, label: str, config: ServeBenchConfig, on_level: Callable[[LevelResult], None] | None = None
-              ) -> list[LevelResult]:
-    """Every concurrency level against one running server."""
+def bench_url(url: str, label: str | None, config: ServeBenchConfig,
+              on_level: Callable[[LevelResult], None] | None = None) -> list[LevelResult]:
+    """Every concurrency level against one running server; `label` defaults to the served model's name."""
     prompts = make_prompts(64, config.prompt_words)
 
     async def run() -> list[LevelResult]:
+        nonlocal label
         model = await served_model(url)
+        label = label or model
         await run_level(url, model, label, 1, prompts, 1, 4, {"ignore_eos": True})  # warm-up, not reported
         levels = []
         for c in config.concurrencies:

@@ -75,7 +75,9 @@ def serve(
     ),
     engine: str = typer.Option("hf", "--engine", help="vllm, sglang or hf: the engine `mpq serve` starts."),
     model: str | None = typer.Option(None, "--model", help="Base model (folder or demo name) for plan targets."),
-    url: list[str] = typer.Option(None, "--url", help="An already running OpenAI server (…/v1); repeatable."),
+    url: list[str] = typer.Option(
+        None, "--url", help="An already running OpenAI server (…/v1), labelled by its model name; repeatable."
+    ),
     concurrency: str = typer.Option("1,2,4,8", "--concurrency", help="Comma-separated concurrency levels."),
     requests: int = typer.Option(8, "--requests", help="Requests per level (at least 2 x concurrency)."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Output tokens per request (ignore_eos)."),
@@ -99,7 +101,7 @@ def serve(
     results = []
     try:
         for u in url or []:
-            results += bench_url(u.rstrip("/"), f"{engine}:{u}", config, progress)
+            results += bench_url(u.rstrip("/"), None, config, progress)
         if targets:
             results += bench_targets(targets, engine, config, out_dir / "logs", model, progress)
     except MPQError as e:

@@ -60,7 +60,9 @@ def test_running_server_levels_table_json_and_plot(tiny_server, tmp_path):
         "--max-tokens", str(MAX_TOKENS), "--prompt-words", "12", "--out", str(tmp_path),
     ])
     assert result.exit_code == 0, result.output
-    check_levels(json.loads((tmp_path / "serve_bench.json").read_text()), [1, 3], 4)
+    levels = json.loads((tmp_path / "serve_bench.json").read_text())
+    check_levels(levels, [1, 3], 4)
+    assert {lv["target"] for lv in levels} == {"tiny-llama"}  # a running server is labelled by its model
     assert (tmp_path / "serve_bench.png").stat().st_size > 10_000
     assert "TTFT p50/p90/p99 ms" in result.output
 
