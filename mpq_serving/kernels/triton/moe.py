@@ -133,7 +133,9 @@ def align_pairs(local: torch.Tensor, num_experts: int, block_m: int) -> tuple[to
     [capacity / block_m] (the expert of each block, num_experts for blocks past the last one).
     """
     p = local.numel()
-    counts = torch.bincount(local, minlength=num_experts + 1)[:num_experts]
+    # scatter_add, not bincount: CUDA's bincount reads the max back to the host to size its output
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=local.device)
+    counts = counts.scatter_add_(0, local, torch.ones_like(local))[:num_experts]
     padded = (counts + block_m - 1) // block_m * block_m
     ends = torch.cumsum(padded, 0)
     order = torch.argsort(local, stable=True)
