@@ -1,0 +1,40 @@
+"""Fold a per-input-channel scale s into a group: linears' input columns × s, the previous op ÷ s.
+
+Exact in real arithmetic, so the float model's output is unchanged (up to float32 rounding); what
+changes is how hard each channel is to quantize.  The previous op is an RMSNorm (weight ÷ s) or a
+linear (rows ÷ s, and its bias).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import MPQError
+from ..layers.linear import MixedPrecisionLinear
+from .scale_groups import ScaleGroup
+
+
+@torch.no_grad()
+def fold_scales(group: ScaleGroup, scales: torch.Tensor) -> None:
+    s = scales.to(torch.float32)
+    prev = group.prev
+    if isinstance(prev, MixedPrecisionLinear):
+        _float_weight(prev).div_(s.unsqueeze(1))
+        if prev.bias is not None:
+            prev.bias.div_(s.to(prev.bias.dtype))
+    elif isinstance(getattr(prev, "weight", None), nn.Parameter) and prev.weight.ndim == 1:
+        prev.weight.div_(s.to(prev.weight.dtype))
+        if getattr(prev, "bias", None) is not None:
+            prev.bias.div_(s.to(prev.bias.dtype))
+    else:
+        raise MPQError(f"cannot fold a scale into {type(prev).__name__} (group {group.key})")
+    for linear in group.linears:
+        _float_weight(linear).mul_(s.unsqueeze(0))
+
+
+def _float_weight(linear: MixedPrecisionLinear) -> torch.Tensor:
+    weight = getattr(linear, "weight", None)
+    if linear.spec.format != "fp32" or weight is None:
+        raise MPQError(f"folding needs the float32 calibration copy of a linear, found {linear.spec.describe()}")
+    return weight
