@@ -22,7 +22,9 @@ Per strategy, how it is pointed at a budget B:
   near 8.2 bits, so the bound is lifted and the bit target decides where it stops.
 - genetic (seed 002): W4 (mxfp4) weights by design, with A4/A8 activations; one run (4.25 bits), shown
   in the lowest budget's group; no ≈6-bit point exists for it.
-- mutual-info (seed 003) and budget (ours): `--target-avg-bits B` with the same candidate formats.
+- mutual-info (seed 003) and budget (ours): `--target-avg-bits B` with the same candidate formats; the
+  budget search also at exactly each uniform plan's bits (rows in the `uniform` group), so it is
+  compared with each uniform format at equal bits.
 """
 
 from __future__ import annotations
@@ -155,6 +157,19 @@ def _uniform(fmt: str, folder: Path, out: Path) -> Path:
     return path
 
 
+def _avg_bits(plan: Path, folder: Path) -> float:
+    from mpq_serving.plan.bits import average_bits
+
+    weights = linear_weights(folder)
+    return average_bits(weights, resolve(load_plan(plan), [w.name for w in weights])).avg_bits
+
+
+def _budget_argv(args: argparse.Namespace, bits: str, formats: str, out: Path) -> list[str]:
+    return ["plan", "budget", args.model, "--target-avg-bits", bits, "--formats", formats, "--objective",
+            args.objective, "--nsamples", str(args.nsamples), "--sensitivity-cache",
+            str(out.parent / "sensitivity.json"), "-o", str(out)]
+
+
 class Runs:
     """Searches by budget, each run once (the plan file and its wall time are kept in --out)."""
 
@@ -214,7 +229,12 @@ def table(args: argparse.Namespace) -> None:
     rows: list[tuple[str, str, Path]] = []  # (budget group, strategy, plan)
     if "uniform" in wanted:
         for fmt in args.uniform.split(","):
-            rows.append(("uniform", "uniform RTN", _uniform(fmt, folder, out)))
+            plan = _uniform(fmt, folder, out)
+            rows.append(("uniform", "uniform RTN", plan))
+            if "budget" in wanted:  # the budget search at exactly the uniform plan's bits: equal-bits comparison
+                bits = f"{_avg_bits(plan, folder):.6f}"
+                rows.append(("uniform", f"budget ({args.objective})", runs.run(
+                    f"budget_at_{fmt}", *_budget_argv(args, bits, formats, out / f"budget_at_{fmt}.json"))))
     for b in budgets:
         group = f"{b:g}"
         if "random" in wanted:
@@ -228,9 +248,7 @@ def table(args: argparse.Namespace) -> None:
                 "--formats", formats, "-o", str(out / f"mutual_info_{group}.json"))))
         if "budget" in wanted:
             rows.append((group, f"budget ({args.objective})", runs.run(
-                f"budget_{group}", "plan", "budget", args.model, "--target-avg-bits", group, "--formats", formats,
-                "--objective", args.objective, "--nsamples", str(args.nsamples),
-                "--sensitivity-cache", str(out / "sensitivity.json"), "-o", str(out / f"budget_{group}.json"))))
+                f"budget_{group}", *_budget_argv(args, group, formats, out / f"budget_{group}.json"))))
         if "alpha-hill" in wanted:
             rows.append((group, "alpha-hill (001)", runs.run(
                 f"alpha_hill_{group}", "plan", "alpha-hill", args.model, "--target-avg-bits", group,

@@ -217,6 +217,21 @@ def measure(taps: CalibrationTaps, tokens: torch.Tensor, weights: list[LinearWei
     return stats
 
 
+def _check_reachable(model_dir: str | Path, all_weights: list[LinearWeight], weights: list[LinearWeight],
+                     config: MIConfig) -> None:
+    """Refuse a target below every weight's smallest fitting format before any calibration pass."""
+    searched = {w.name for w in weights}
+    total = sum(16.0 * w.numel for w in all_weights if w.name not in searched)
+    for w in weights:
+        sizes = [get_format(f).bits_per_weight(spec, w.shape) * w.numel
+                 for f in config.formats if fits(spec := candidate_spec(f, w.shape[1]), w.shape)]
+        total += min(sizes) if sizes else 16.0 * w.numel
+    least = total / sum(w.numel for w in all_weights)
+    if config.target_avg_bits < least:
+        raise ValueError(f"--target-avg-bits {config.target_avg_bits} is impossible for {model_dir} with formats "
+                         f"{', '.join(config.formats)}: the least reachable is {least:.4f} average bits")
+
+
 def mutual_info_search(model_dir: str | Path, tokens: torch.Tensor, config: MIConfig, parameters: dict | None = None,
                        progress: bool = True) -> Plan:
     """The seed-003 plan for the model in `model_dir`, calibrated on `tokens` [nsamples, seq_len]."""
@@ -225,6 +240,7 @@ def mutual_info_search(model_dir: str | Path, tokens: torch.Tensor, config: MICo
     weights = searched_weights(model_dir)
     if config.n_groups > len(weights):
         raise ValueError(f"--n-groups {config.n_groups} exceeds the {len(weights)} searchable linear weights of {model_dir}")
+    _check_reachable(model_dir, all_weights, weights, config)
     taps = CalibrationTaps(model_dir, weights, dense_experts=True)
     stats = measure(taps, tokens, weights, config, progress)
     missing = [w.name for w in weights if w.name not in stats]
