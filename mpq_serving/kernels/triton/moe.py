@@ -181,6 +181,8 @@ def grouped_moe(
 ) -> torch.Tensor:
     """sum_j w[t, j] * down_e(act(gate_e(x_t)) * up_e(x_t)) with e = top_k_index[t, j], per token t.
 
+    Ids outside 0..E-1 (-1 for experts on another rank under expert parallelism) contribute nothing.
+
     `fill` pre-fills every intermediate buffer the kernels write (tests pass NaN, so a row the kernels
     skip shows up in the output).
     """
@@ -195,7 +197,10 @@ def grouped_moe(
 
     gate_out, up_out, down_out = buffer(experts.intermediate), buffer(experts.intermediate), buffer(experts.hidden)
     flat = top_k_index.reshape(-1).to(torch.int64)
-    group_of, local_of = experts.group_of[flat], experts.local_of[flat]
+    routed = (flat >= 0) & (flat < experts.group_of.numel())  # -1: an expert on another rank (expert parallel)
+    safe = torch.where(routed, flat, 0)
+    group_of = torch.where(routed, experts.group_of[safe], -1)
+    local_of = experts.local_of[safe]
     plans = []
     for g, group in enumerate(experts.groups):
         num = group.gate.experts
@@ -209,4 +214,5 @@ def grouped_moe(
     for group, sorted_ids, block_expert, block_m in plans:
         _launch(hidden, group.down, down_out, sorted_ids, block_expert, 1, block_m)
     weighted = down_out.view(t, top_k, -1) * top_k_weights.to(down_out.dtype).unsqueeze(-1)
+    weighted = torch.where(routed.view(t, top_k, 1), weighted, 0)  # rows no kernel wrote count as nothing
     return weighted.sum(dim=1)

@@ -86,3 +86,16 @@ def test_alignment_places_every_pair_once_in_its_experts_blocks(seed):
     experts_of_rows = block_expert.long().repeat_interleave(block)
     valid = sorted_ids < local.numel()
     assert torch.equal(experts_of_rows[valid], local[sorted_ids[valid].long()]), f"seed {seed}"
+
+
+def test_ids_of_experts_on_other_ranks_contribute_nothing(layer, seed, device):
+    grouped, dequantized = layer
+    x = torch.randn(5, HIDDEN)
+    weights, idx = torch.randn(5, EXPERTS).softmax(-1).topk(TOP_K)
+    remote = idx.clone()
+    remote[:, 1] = -1  # expert parallel: the second choice lives elsewhere
+    y = grouped_moe(x.to(device), remote.to(device), weights.to(device), grouped, F.silu, fill=float("nan")).cpu()
+    kept = weights.clone()
+    kept[:, 1] = 0
+    ref = reference(x, idx, kept, dequantized)
+    assert float((y - ref).abs().max() / ref.abs().max()) <= TOL[torch.float32], f"seed {seed}"
