@@ -67,6 +67,7 @@ class Row:
     pct_peak: float
     bf16_time_us: float
     speedup_vs_bf16: float
+    x_roofline: float  # time / (bytes_moved / peak): 1.0 is the memory roofline, 1.15 the MoE target
 
 
 def quantize(spec: QuantSpec, out_f: int, in_f: int, device: torch.device) -> QuantizedTensor:
@@ -78,7 +79,7 @@ def _row(shape: str, fmt: str, batch: int, kernel: str, seconds: float, nbytes: 
          bf16_seconds: float) -> Row:
     gbps = nbytes / seconds / 1e9
     return Row(shape, fmt, batch, kernel, seconds * 1e6, nbytes, gbps, 100 * gbps * 1e9 / peak,
-               bf16_seconds * 1e6, bf16_seconds / seconds)
+               bf16_seconds * 1e6, bf16_seconds / seconds, seconds * peak / nbytes)
 
 
 def linear_rows(shapes: Sequence[tuple[int, int]], formats: Sequence[str], batches: Sequence[int],

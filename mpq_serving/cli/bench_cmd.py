@@ -57,11 +57,11 @@ def kernels(
     except ValueError as e:
         fail(str(e))
     table = Table(title=f"Kernels on {name}: peak copy bandwidth {peak / 1e9:.1f} GB/s (measured)")
-    for col in ("shape (K x N)", "format", "batch", "kernel", "µs", "GB/s", "% peak", "× bf16"):
+    for col in ("shape (K x N)", "format", "batch", "kernel", "µs", "GB/s", "% peak", "× roofline", "× bf16"):
         table.add_column(col, justify="right" if col not in ("format", "kernel", "shape (K x N)") else "left")
     for r in rows:
         table.add_row(r.shape, r.format, str(r.batch), r.kernel, f"{r.time_us:.1f}", f"{r.gbps:.1f}",
-                      f"{r.pct_peak:.0f}", f"{r.speedup_vs_bf16:.2f}")
+                      f"{r.pct_peak:.0f}", f"{r.x_roofline:.2f}", f"{r.speedup_vs_bf16:.2f}")
     out.print(table)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(rows_as_json(name, peak, rows), indent=1))

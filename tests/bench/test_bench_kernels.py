@@ -27,6 +27,7 @@ def test_bench_kernels_writes_a_row_per_shape_format_and_batch(tmp_path):
     for r in rows:
         assert r["time_us"] > 0 and r["gbps"] > 0 and r["pct_peak"] > 0 and r["speedup_vs_bf16"] > 0
         assert abs(r["gbps"] - r["bytes_moved"] / r["time_us"] / 1e3) < 1e-6 * r["gbps"]
+        assert abs(r["x_roofline"] * r["pct_peak"] - 100) < 1e-6
     int8_batch1 = next(r for r in rows if r["format"] == "int8" and r["batch"] == 1)
     assert int8_batch1["kernel"] == "int8pack (torch W8A16)"  # the CPU dispatch's pick, not the reference
     assert "Kernels on cpu" in result.output and "wrote" in result.output
