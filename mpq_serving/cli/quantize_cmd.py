@@ -21,6 +21,7 @@ def quantize(
     seq_len: int = typer.Option(512, "--seq-len", min=2, help="Tokens per calibration window."),
     damp: float = typer.Option(0.01, "--damp", help="GPTQ / SparseGPT damping, a fraction of mean(diag H)."),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ act-order (desc_act, g_idx) for gptq_int4 weights."),
+    static_groups: bool = typer.Option(False, "--static-groups", help="With --act-order: contiguous groups, no g_idx (loads in vLLM 0.32, which refuses desc_act)."),
     smooth_alpha: float | None = typer.Option(None, "--smooth-alpha", help="SmoothQuant alpha for activation-quantized (aq) layers."),
     sparsity: float = typer.Option(0.0, "--sparsity", help="SparseGPT unstructured sparsity, e.g. 0.5."),
     sparsity_pattern: str | None = typer.Option(None, "--sparsity-pattern", help="N:M structured sparsity, e.g. 2:4."),
@@ -35,7 +36,7 @@ def quantize(
     try:
         loaded_plan = load_plan(plan)
         config = QuantizeConfig(method=method, nsamples=nsamples, seq_len=seq_len, calib=calib, damp=damp,
-                                act_order=act_order, smooth_alpha=smooth_alpha, sparsity=sparsity,
+                                act_order=act_order, static_groups=static_groups, smooth_alpha=smooth_alpha, sparsity=sparsity,
                                 sparsity_pattern=sparsity_pattern, seed=seed)
         result = quantize_model(folder, loaded_plan, config)
         out = write_checkpoint(result, loaded_plan, output, layout=layout)

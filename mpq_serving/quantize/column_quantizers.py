@@ -43,6 +43,10 @@ class ColumnQuantizer:
     def begin_group(self, block: torch.Tensor) -> None:
         """Called with the current weights of the next `group_size` columns before the first is rounded."""
 
+    def begin_static(self, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
+        """Static groups: fix every group's grid now from the whole weight (original column order), so
+        act-order can visit columns in any order while groups stay contiguous (no g_idx needed)."""
+
     def round(self, column: torch.Tensor, position: int) -> torch.Tensor:
         """The dequantized value of column `position` (processing order) on the current grid."""
         raise NotImplementedError
@@ -76,7 +80,20 @@ class Int4ColumnQuantizer(ColumnQuantizer):
         self._s = parts.scales[:, 0].to(torch.float32).to(block.device)
         self._z = parts.zeros[:, 0].to(torch.float32).to(block.device)
 
+    def begin_static(self, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
+        groups = self.shape[1] // self.group_size
+        parts = quantize_groups(weight, groups, symmetric=self.spec.symmetric, scale_dtype=self.scale_dtype,
+                                name=self.name, min_zero=self.min_zero)
+        self.scales, self.zeros = list(parts.scales.unbind(1)), list(parts.zeros.unbind(1))
+        self._static_s = parts.scales.to(torch.float32).to(weight.device)
+        self._static_z = parts.zeros.to(torch.float32).to(weight.device)
+        columns = torch.arange(self.shape[1]) if perm is None else perm.cpu()
+        self._group_at = (columns // self.group_size).tolist()  # processing position -> its contiguous group
+
     def round(self, column: torch.Tensor, position: int) -> torch.Tensor:
+        if hasattr(self, "_group_at"):
+            g = self._group_at[position]
+            self._s, self._z = self._static_s[:, g], self._static_z[:, g]
         # The formats' rounding rule: round(clamp(w / s + (z - 8), -8, 7)) + 8 (see int4_packing).
         code = torch.round(torch.clamp(column / self._s + (self._z - 8), -8, 7)) + 8
         self.codes[:, position] = code.to(torch.int32).cpu()
@@ -89,8 +106,9 @@ class Int4ColumnQuantizer(ColumnQuantizer):
             perm = perm.cpu()
             codes = torch.empty_like(codes)
             codes[:, perm] = self.codes
-            g_idx = torch.empty(self.shape[1], dtype=torch.int64)
-            g_idx[perm] = torch.arange(self.shape[1]) // self.group_size
+            if not hasattr(self, "_group_at"):  # static groups stay contiguous: no g_idx
+                g_idx = torch.empty(self.shape[1], dtype=torch.int64)
+                g_idx[perm] = torch.arange(self.shape[1]) // self.group_size
         parts = Int4Parts(codes, torch.stack(self.scales, 1).cpu(), torch.stack(self.zeros, 1).cpu(), g_idx)
         if g_idx is not None and self.fmt.name != "gptq_int4":
             raise MPQError(f"{self.name}: act-order needs a g_idx, which only gptq_int4 stores ({self.fmt.name} does not)")

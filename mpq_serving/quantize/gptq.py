@@ -11,7 +11,7 @@ SparseGPT (sparsegpt.py) runs the same loop with a pruning mask, so pruning and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +40,7 @@ def gptq_quantize(
     spec: QuantSpec,
     *,
     damp: float = 0.01,
+    static_groups: bool = False,
     name: str = "weight",
     block_size: int = BLOCK_SIZE,
     block_mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -48,7 +49,11 @@ def gptq_quantize(
 ) -> GPTQResult:
     """GPTQ-quantize `weight` [out, in] given its input Hessian [in, in]; returns the packed tensor.
 
-    Act-order (descending Hessian diagonal) is taken from `spec.act_order`.
+    Act-order (descending Hessian diagonal) is taken from `spec.act_order`: groups follow the visiting
+    order and g_idx records them (`desc_act`).  With `static_groups` every group's grid is fixed up
+    front from the whole weight (GPTQModel `static_groups=True`); then act-order changes only the
+    visiting order, groups stay contiguous, and the result is stored without act-order (vLLM 0.32
+    refuses desc_act checkpoints but loads these).
 
     `block_mask(W1, hinv_diag) -> bool mask` (unstructured pruning per block) and `column_mask(W1,
     hinv_diag, i) -> bool mask [out, mask_every]` (n:m pruning every `mask_every` columns) are
@@ -58,14 +63,17 @@ def gptq_quantize(
     w = weight.detach().to(torch.float32)
     out_f, in_f = w.shape
     h, w = prepare_hessian(hessian.to(torch.float32), w, damp)
-    quantizer = column_quantizer(spec, (out_f, in_f), name)
+    stored = replace(spec, act_order=False) if static_groups else spec
+    quantizer = column_quantizer(stored, (out_f, in_f), name)
     perm = None
+    if static_groups:
+        quantizer.begin_static(w, torch.argsort(torch.diag(h), descending=True) if spec.act_order else None)
     if spec.act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
     hinv = upper_cholesky_inverse(h, damp, name)
     quantizer.begin(w)
-    group = quantizer.group_size
+    group = -1 if static_groups else quantizer.group_size
     losses = torch.zeros(out_f, dtype=torch.float32, device=w.device)
 
     for i1 in range(0, in_f, block_size):

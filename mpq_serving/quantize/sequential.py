@@ -41,7 +41,7 @@ from ..plan import Plan, is_protected, resolve
 from ..plan.model_weights import linear_weights
 from . import awq
 from .calibration import LayerInputs, calibration_tokens, capture_first_layer_inputs, decoder_layers, run_layer
-from .column_quantizers import FLOAT_FORMATS, supports_gptq
+from .column_quantizers import FLOAT_FORMATS, INT4_FORMATS, supports_gptq
 from .folding import fold_scales
 from .gptq import gptq_quantize
 from .hessian import HessianAccumulator
@@ -66,6 +66,7 @@ class QuantizeConfig:
     calib: str = "wiki_calib"
     damp: float = 0.01
     act_order: bool = False
+    static_groups: bool = False  # act-order visits columns by the Hessian, groups stay contiguous (no g_idx)
     smooth_alpha: float | None = None
     sparsity: float = 0.0
     sparsity_pattern: str | None = None
@@ -200,7 +201,8 @@ def _is_linear_at(model: nn.Module, rename: Callable[[str], str], name: str) -> 
 
 
 def _spec(spec: QuantSpec, config: QuantizeConfig) -> QuantSpec:
-    if config.act_order and get_format(spec.format).name == "gptq_int4" and config.method == "gptq":
+    fmt = get_format(spec.format).name
+    if config.act_order and config.method == "gptq" and (fmt == "gptq_int4" or (config.static_groups and fmt in INT4_FORMATS)):
         return replace(spec, act_order=True)
     return spec
 
@@ -359,9 +361,10 @@ def _finish_obs(result: QuantizedModel, slot: LinearSlot, acc: HessianAccumulato
             method = "sparsegpt+rtn"
         record.update(sparsity=config.sparsity, sparsity_pattern=config.sparsity_pattern or "unstructured")
     elif supports_gptq(slot.spec):
-        out = gptq_quantize(weight, acc.value(), slot.spec, damp=config.damp, name=slot.name)
+        out = gptq_quantize(weight, acc.value(), slot.spec, damp=config.damp, static_groups=config.static_groups,
+                            name=slot.name)
         q, method = out.qtensor, "gptq"
-        record["act_order"] = bool(slot.spec.act_order)
+        record.update(act_order=bool(slot.spec.act_order), static_groups=config.static_groups)
     else:
         _finish_rtn(result, slot, "rtn", note=f"GPTQ has no column grid for {fmt.name}")
         return

@@ -80,3 +80,15 @@ def test_dead_input_columns_are_zeroed(layer):
     h.add(x)
     deq = get_format("gptq_int4").dequantize(gptq_quantize(w, h.value(), QuantSpec("gptq_int4", group_size=32)).qtensor)
     assert torch.all(deq[:, 10] == 0)
+
+
+def test_static_groups_act_order_keeps_contiguous_groups(layer):
+    """GPTQModel static_groups: Hessian visiting order, but g_idx is the plain i // group_size (vLLM loads it)."""
+    x, w, h = layer
+    spec = QuantSpec("gptq_int4", group_size=32, act_order=True)
+    q = gptq_quantize(w, h, spec, static_groups=True).qtensor
+    assert q.spec.act_order is False
+    assert torch.equal(q.tensors["g_idx"].long(), torch.arange(256) // 32)
+    fmt = get_format("gptq_int4")
+    rtn = fmt.dequantize(fmt.quantize(w, QuantSpec("gptq_int4", group_size=32)))
+    assert output_error(x, w, fmt.dequantize(q)) < 0.9 * output_error(x, w, rtn)
