@@ -13,6 +13,7 @@ from .common import fail, resolve_model
 
 class Engine(str, Enum):
     hf = "hf"
+    vllm = "vllm"
 
 
 def serve(
@@ -22,8 +23,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     served_name: str | None = typer.Option(None, "--served-model-name", help="Name clients use (default: folder name)."),
+    engine_args: list[str] | None = typer.Argument(None, help="After `--`: extra arguments for the engine's server."),
 ) -> None:
     """Serve with the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming)."""
+    if engine is Engine.vllm:
+        _serve_vllm(model_or_plan, model, host, port, served_name, engine_args or [])
+        return
+    if engine_args:
+        fail(f"extra arguments {' '.join(engine_args)} are for an engine's own server; --engine {engine.value} takes none")
     from transformers import AutoTokenizer
 
     from ..loaders.hf_model import load_model
@@ -45,3 +52,18 @@ def serve(
     except (MPQError, OSError) as e:
         fail(str(e))
     run_server(loaded, tokenizer, name, host, port)
+
+
+def _serve_vllm(model_or_plan: str, model: str | None, host: str, port: int, served_name: str | None,
+                extra: list[str]) -> None:
+    """Pack when given a plan, then run vLLM's OpenAI server with the mpq plugin (integrations/vllm)."""
+    from ..integrations.vllm.launch import packed_for_plan, run_vllm
+
+    target = Path(model_or_plan)
+    try:
+        folder = packed_for_plan(target, resolve_model(model) if model else None) if target.is_file() \
+            else resolve_model(model_or_plan)
+        code = run_vllm(folder, host, port, served_name, extra)
+    except MPQError as e:
+        fail(str(e))
+    raise typer.Exit(code)

@@ -58,9 +58,12 @@ def log_tail(path: Path, lines: int = 60) -> str:
 class VllmServer:
     """A vLLM OpenAI server on `model_dir`; a context manager. `base_url` ends in /v1."""
 
+    label = "vLLM"
+
     def __init__(self, model_dir: Path | str, work_dir: Path | str, extra_args: list[str] | tuple = (),
                  *, timeout_s: float = 600.0, max_model_len: int = 512, max_num_seqs: int = 8,
-                 env: dict[str, str] | None = None, python: str | None = None):
+                 env: dict[str, str] | None = None, python: str | None = None,
+                 launcher: list[str] | None = None):
         self.model_dir = str(model_dir)
         self.work_dir = Path(work_dir)
         self.extra_args = list(extra_args)
@@ -69,6 +72,9 @@ class VllmServer:
         self.max_num_seqs = max_num_seqs
         self.extra_env = dict(env or {})
         self.python = python or vllm_python()
+        # Another command that starts vLLM's server (e.g. `mpq serve ... --engine vllm`); it gets
+        # `--port P` appended, then `--` and vLLM's own arguments.
+        self.launcher = launcher
         self.port = free_port()
         self.log_path = self.work_dir / "server.log"
         self.process: subprocess.Popen | None = None
@@ -78,6 +84,9 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
+        if self.launcher is not None:
+            return [*self.launcher, "--port", str(self.port), "--", "--max-model-len", str(self.max_model_len),
+                    "--max-num-seqs", str(self.max_num_seqs), *self.extra_args]
         return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                 "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(self.max_model_len),
                 "--max-num-seqs", str(self.max_num_seqs), *self.extra_args]
@@ -116,7 +125,7 @@ class VllmServer:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise ServerStartError(f"vLLM server exited with code {code} during start-up:\n{self.log()}")
+                raise ServerStartError(f"{self.label} server exited with code {code} during start-up:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
                     if response.status == 200:
@@ -125,7 +134,7 @@ class VllmServer:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise ServerStartError(f"vLLM server did not answer within {self.timeout_s:.0f} s:\n{self.log()}")
+        raise ServerStartError(f"{self.label} server did not answer within {self.timeout_s:.0f} s:\n{self.log()}")
 
     def wait_exit(self, timeout_s: float | None = None) -> int:
         """For servers expected to fail: wait for the process to exit and return its code."""
@@ -173,3 +182,35 @@ class VllmServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class SglangServer(VllmServer):
+    """SGLang's server (`python -m sglang.launch_server`) on CPU, from the current interpreter (.venv-sglang).
+
+    CPU engine (`SGLANG_USE_CPU_ENGINE=1`, torch-native attention) with a small KV pool; same start,
+    readiness (`/v1/models`), log and process-group handling as VllmServer.
+    """
+
+    label = "SGLang"
+
+    def __init__(self, model_dir: Path | str, work_dir: Path | str, extra_args: list[str] | tuple = (),
+                 *, timeout_s: float = 600.0, max_total_tokens: int = 4096, env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None):
+        super().__init__(model_dir, work_dir, extra_args, timeout_s=timeout_s, env=env, python=sys.executable,
+                         launcher=launcher)
+        self.max_total_tokens = max_total_tokens
+
+    def command(self) -> list[str]:
+        cpu_args = ["--device", "cpu", "--attention-backend", "torch_native",
+                    "--max-total-tokens", str(self.max_total_tokens), *self.extra_args]
+        if self.launcher is not None:  # e.g. `mpq serve PACKED --engine sglang`
+            return [*self.launcher, "--port", str(self.port), "--", *cpu_args]
+        return [self.python, "-m", "sglang.launch_server", "--model-path", self.model_dir,
+                "--host", "127.0.0.1", "--port", str(self.port), *cpu_args]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        # One OpenMP thread: the test process and the server share the cores, and spinning OpenMP
+        # threads on an oversubscribed CPU slow a forward pass down by orders of magnitude.
+        env.update({"SGLANG_USE_CPU_ENGINE": "1", "OMP_NUM_THREADS": "1", **self.extra_env})
+        return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -72,6 +73,8 @@ class MpqConfig(QuantizationConfig):
         in_rank = in_total // size if split == "in" else in_total
         out_rank = out_total // size if split == "out" else out_total
         kind, reason = native_choice(parts, in_rank, out_rank)
+        if kind is not None and os.environ.get("MPQ_VLLM_PREFER") == "ours":
+            kind, reason = None, "MPQ_VLLM_PREFER=ours"
         key = "+".join(sorted({p.spec.describe() for p in parts}))
         if kind is not None:
             once(f"native:{key}", "mpq: %s -> %s", key, reason)

@@ -12,8 +12,8 @@ import json
 import httpx
 import openai
 import pytest
-import torch
 from servers import VllmServer
+from vllm_compare import assert_matches_hf
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")
@@ -72,37 +72,11 @@ def test_streaming_chat_equals_non_streaming(client, model_id):
 
 
 def test_prompt_logprobs_match_the_hf_path(client, model_id, packed_smollm2_mixed):
-    """vLLM's prompt logprobs equal our HF path's (transformers + our layers) on the same checkpoint.
-
-    Tolerance: both run bf16 activations, but with different attention kernels, vLLM's own int4 CPU
-    kernel for the GPTQ/AWQ layers, and different summation orders, so logprobs differ by bf16
-    rounding carried through 30 layers. We bound that noise by measuring it: the HF path in bf16
-    against the same HF path in float32 (identical weights, only the arithmetic precision changes).
-    vLLM-vs-HF must stay within 3x that gap plus 0.02 nats mean, and agree on the argmax almost
-    everywhere; a wrong format (e.g. a mis-read scale or packing order) moves logprobs by whole nats.
-    """
+    """vLLM's prompt logprobs equal our HF path's on the same checkpoint (tolerance: vllm_compare.py)."""
     from transformers import AutoTokenizer
 
-    from mpq_serving.loaders.hf_model import load_model
-
     ids = AutoTokenizer.from_pretrained(packed_smollm2_mixed)(PROMPT)["input_ids"]
-    r = client.completions.create(model=model_id, prompt=ids, max_tokens=1, echo=True, logprobs=0, temperature=0)
-    served = torch.tensor(r.choices[0].logprobs.token_logprobs[1:len(ids)], dtype=torch.float64)
-
-    def hf_logprobs(dtype):
-        model = load_model(packed_smollm2_mixed, dtype=dtype, progress=False)
-        with torch.inference_mode():
-            logits = model(torch.tensor([ids])).logits[0, :-1].float()
-        lp = torch.log_softmax(logits, dim=-1)
-        return lp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].double(), lp.argmax(-1)
-
-    hf_bf16, argmax_bf16 = hf_logprobs(torch.bfloat16)
-    hf_fp32, _ = hf_logprobs(torch.float32)
-    noise = (hf_bf16 - hf_fp32).abs().mean().item()
-    diff = (served - hf_bf16).abs()
-    print(f"mean |vLLM - HF bf16| {diff.mean():.4f}, max {diff.max():.4f}; HF bf16 vs fp32 {noise:.4f} nats")
-    assert diff.mean().item() <= 3 * noise + 0.02
-    assert (served - hf_fp32).abs().mean().item() <= 3 * noise + 0.02
+    assert_matches_hf(client, model_id, packed_smollm2_mixed, ids)
 
 
 def test_32_concurrent_streams_complete(server, model_id):
