@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,15 +115,18 @@ def proxy(args: argparse.Namespace) -> None:
     (Path(args.out) / "proxy.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
-def _mpq(*argv: str, log: Path) -> float:
-    """Run one `mpq` command (this interpreter's), its output to `log`; its wall-clock seconds."""
+def _mpq(*argv: str, log: Path) -> tuple[float, float]:
+    """Run one `mpq` command (this interpreter's), its output to `log`: (wall-clock, CPU) seconds. The CPU
+    seconds (user + system of that process) do not depend on how busy the machine is."""
     started = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "mpq_serving.cli.main", *argv], stdout=out,
-                              stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"mpq {' '.join(argv)} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - started
+        child = subprocess.Popen([sys.executable, "-m", "mpq_serving.cli.main", *argv], stdout=out,
+                                 stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"mpq {' '.join(argv)} failed (exit {child.returncode}); see {log}")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def _random_ratio(folder: Path, budget: float, seed: int) -> float:
@@ -166,35 +172,56 @@ def _avg_bits(plan: Path, folder: Path) -> float:
 
 def _budget_argv(args: argparse.Namespace, bits: str, formats: str, out: Path) -> list[str]:
     return ["plan", "budget", args.model, "--target-avg-bits", bits, "--formats", formats, "--objective",
-            args.objective, "--nsamples", str(args.nsamples), "--sensitivity-cache",
+            args.objective, "--nsamples", str(args.nsamples), "--stats-gib", str(args.stats_gib), "--sensitivity-cache",
             str(out.parent / "sensitivity.json"), "-o", str(out)]
 
 
 class Runs:
-    """Searches by budget, each run once (the plan file and its wall time are kept in --out)."""
+    """Searches, each run once (the plan file and its times are kept in --out; a plan found there without
+    times keeps the `search_seconds` its summary records). Searches are queued by
+    `add` and started by `run_all`, up to --jobs at once; the searches of one chain (the budget runs,
+    which share one sensitivity table) run one after another."""
 
-    def __init__(self, out: Path, model: str, fresh: bool):
-        self.out, self.model, self.fresh = out, model, fresh
+    def __init__(self, out: Path, fresh: bool, jobs: int):
+        self.out, self.fresh, self.jobs = out, fresh, jobs
         self.times_file = out / "search_times.json"
-        self.times: dict[str, float] = {} if fresh or not self.times_file.is_file() else \
-            json.loads(self.times_file.read_text())
+        self.times: dict[str, dict[str, float | None]] = {} if fresh or not self.times_file.is_file() else {
+            k: v if isinstance(v, dict) else {"wall": v, "cpu": None}
+            for k, v in json.loads(self.times_file.read_text()).items()}
+        self.chains: dict[str, list[tuple[str, list[str]]]] = {}
+        self.lock = threading.Lock()
 
-    def run(self, name: str, *argv: str, plan: Path | None = None) -> Path:
+    def add(self, name: str, *argv: str, plan: Path | None = None, chain: str | None = None) -> Path:
         plan = plan or self.out / f"{name}.json"
-        if plan.is_file() and name in self.times and not self.fresh:
-            return plan
-        console.print(f"searching {name} ...")
-        self.times[name] = round(_mpq(*argv, log=self.out / f"{name}.log"), 1)
-        if self.times_file.is_file():  # another run on the same --out may have added its own
-            self.times = {**json.loads(self.times_file.read_text()), **self.times}
-        self.times_file.write_text(json.dumps(self.times, indent=1) + "\n")
-        console.print(f"  {name}: {self.times[name]:.0f} s")
+        if plan.is_file() and name not in self.times and not self.fresh:  # searched outside this script
+            self.times[name] = {"wall": load_plan(plan).summary.get("search_seconds"), "cpu": None}
+        if not (plan.is_file() and not self.fresh):
+            self.chains.setdefault(chain or name, []).append((name, list(argv)))
         return plan
 
+    def _run_chain(self, chain: list[tuple[str, list[str]]]) -> None:
+        for name, argv in chain:
+            console.print(f"searching {name} ...")
+            wall, cpu = _mpq(*argv, log=self.out / f"{name}.log")
+            with self.lock:
+                if self.times_file.is_file():  # another run on the same --out may have added its own
+                    self.times = {**json.loads(self.times_file.read_text()), **self.times}
+                self.times[name] = {"wall": round(wall, 1), "cpu": round(cpu, 1)}
+                self.times_file.write_text(json.dumps(self.times, indent=1) + "\n")
+            console.print(f"  {name}: {wall:.0f} s wall, {cpu:.0f} s CPU")
 
-def _evaluate_cached(plan: Path | None, folder: Path, tokenizer, max_tokens: int, cache_dir: Path, fresh: bool):
-    """`mpq report`'s evaluation of one plan, cached by the plan's content."""
+    def run_all(self) -> None:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(self._run_chain, c) for c in self.chains.values()]:
+                future.result()
+        self.chains = {}
+
+
+def _evaluate_cached(plan: Path | None, folder: Path, max_tokens: int, cache_dir: Path, fresh: bool):
+    """`mpq report`'s evaluation of one plan (None: the bf16 model), cached by the plan's content."""
     import hashlib
+
+    from transformers import AutoTokenizer
 
     from mpq_serving.eval.text import load_text
     from mpq_serving.search.report import PlanResult, evaluate
@@ -204,16 +231,21 @@ def _evaluate_cached(plan: Path | None, folder: Path, tokenizer, max_tokens: int
     if cached.is_file() and not fresh:
         return PlanResult(**json.loads(cached.read_text()))
     console.print(f"scoring {plan.name if plan else 'bf16'} ...")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     result = evaluate(plan, folder, tokenizer, load_text("wiki_eval"), 512, max_tokens, progress=False)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(asdict(result)) + "\n")
-    console.print(f"  PPL {result.ppl:.3f} at {result.avg_bits:.3f} bits")
+    console.print(f"  {plan.name if plan else 'bf16'}: PPL {result.ppl:.3f} at {result.avg_bits:.3f} bits")
     return result
 
 
-def table(args: argparse.Namespace) -> None:
-    from transformers import AutoTokenizer
+def _one_thread() -> None:
+    import torch
 
+    torch.set_num_threads(1)  # --jobs processes share the cores
+
+
+def table(args: argparse.Namespace) -> None:
     from mpq_serving.search.report import write_report
 
     folder = resolve_model(args.model)
@@ -225,7 +257,7 @@ def table(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"--strategies: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STRATEGIES)}")
     formats = ",".join(ALL_FORMATS)
-    runs = Runs(out, args.model, args.fresh)
+    runs = Runs(out, args.fresh, args.jobs)
     rows: list[tuple[str, str, Path]] = []  # (budget group, strategy, plan)
     if "uniform" in wanted:
         for fmt in args.uniform.split(","):
@@ -233,55 +265,60 @@ def table(args: argparse.Namespace) -> None:
             rows.append(("uniform", "uniform RTN", plan))
             if "budget" in wanted:  # the budget search at exactly the uniform plan's bits: equal-bits comparison
                 bits = f"{_avg_bits(plan, folder):.6f}"
-                rows.append(("uniform", f"budget ({args.objective})", runs.run(
-                    f"budget_at_{fmt}", *_budget_argv(args, bits, formats, out / f"budget_at_{fmt}.json"))))
+                rows.append(("uniform", f"budget ({args.objective})", runs.add(
+                    f"budget_at_{fmt}", *_budget_argv(args, bits, formats, out / f"budget_at_{fmt}.json"),
+                    chain="budget")))
     for b in budgets:
         group = f"{b:g}"
         if "random" in wanted:
             ratio = _random_ratio(folder, b, args.seed)
-            rows.append((group, "random (000)", runs.run(
+            rows.append((group, "random (000)", runs.add(
                 f"random_{group}", "plan", "random", args.model, "--mxfp4-ratio", f"{ratio:.6f}", "--bf16-ratio", "0",
                 "--weight-only", "--seed", str(args.seed), "-o", str(out / f"random_{group}.json"))))
         if "mutual-info" in wanted:
-            rows.append((group, "mutual-info (003)", runs.run(
+            rows.append((group, "mutual-info (003)", runs.add(
                 f"mutual_info_{group}", "plan", "mutual-info", args.model, "--target-avg-bits", group,
                 "--formats", formats, "-o", str(out / f"mutual_info_{group}.json"))))
         if "budget" in wanted:
-            rows.append((group, f"budget ({args.objective})", runs.run(
-                f"budget_{group}", *_budget_argv(args, group, formats, out / f"budget_{group}.json"))))
+            rows.append((group, f"budget ({args.objective})", runs.add(
+                f"budget_{group}", *_budget_argv(args, group, formats, out / f"budget_{group}.json"), chain="budget")))
         if "alpha-hill" in wanted:
-            rows.append((group, "alpha-hill (001)", runs.run(
+            rows.append((group, "alpha-hill (001)", runs.add(
                 f"alpha_hill_{group}", "plan", "alpha-hill", args.model, "--target-avg-bits", group,
                 "--ppl-threshold", "100", "--step-size", str(args.alpha_step), "--no-progress",
                 "-o", str(out / f"alpha_hill_{group}.config.json"),
                 "--output-plan", str(out / f"alpha_hill_{group}.json"), plan=out / f"alpha_hill_{group}.json")))
         if "genetic" in wanted and b == min(budgets):
-            rows.append((group, "genetic (002, W4 + A4/A8)", runs.run(
+            rows.append((group, "genetic (002, W4 + A4/A8)", runs.add(
                 "genetic", "plan", "genetic", args.model, "-o", str(out / "genetic.json"))))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    runs.run_all()
     cache_dir = out / "eval_cache"
-    baseline = _evaluate_cached(None, folder, tokenizer, args.max_tokens, cache_dir, args.fresh)
     order = ["uniform", *(f"{b:g}" for b in budgets)]
     rows.sort(key=lambda r: (order.index(r[0]), [s.split()[0] for s in STRATEGY_LABELS].index(r[1].split()[0])))
-    results = [(g, s, p, _evaluate_cached(p, folder, tokenizer, args.max_tokens, cache_dir, args.fresh))
-               for g, s, p in rows]
+    plans = [None] + [p for *_, p in rows]
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=_one_thread) as pool:
+        scored = list(pool.map(_evaluate_cached, plans, *zip(*[(folder, args.max_tokens, cache_dir, args.fresh)]
+                                                               * len(plans), strict=True)))
+    baseline = scored[0]
+    results = [(g, s, p, r) for (g, s, p), r in zip(rows, scored[1:], strict=True)]
     write_report([baseline] + [r for *_, r in results], folder, out / "report",
                  {"text": "wiki_eval", "seq_len": 512, "max_tokens": args.max_tokens})
     sensitivity = out / "sensitivity.json"
     sens_seconds = json.loads(sensitivity.read_text()).get("seconds") if sensitivity.is_file() else None
     lines = [(f"### {folder.name}: PPL on wiki_eval (first {args.max_tokens} tokens, windows of 512), "
              f"bf16 PPL {baseline.ppl:.3f}"), "",
-             "| budget | strategy | plan | avg bits | PPL | search (s) |", "|---|---|---|---:|---:|---:|"]
+             "| budget | strategy | plan | avg bits | PPL | search wall (s) | search CPU (s) |",
+             "|---|---|---|---:|---:|---:|---:|"]
     data = {"model": str(folder), "max_tokens": args.max_tokens, "bf16_ppl": baseline.ppl,
             "sensitivity_seconds": sens_seconds, "rows": []}
     for group, strategy, plan, r in results:
-        seconds = runs.times.get(plan.stem)
+        times = runs.times.get(plan.stem.removesuffix(".config"), {})
         lines.append(f"| {group} | {strategy} | {plan.stem} | {r.avg_bits:.3f} | {r.ppl:.3f} | "
-                     f"{'' if seconds is None else f'{seconds:.0f}'} |")
-        data["rows"].append({"budget": group, "strategy": strategy, **asdict(r), "search_wall_seconds": seconds})
+                     f"{times.get('wall', '')} | {times.get('cpu', '')} |")
+        data["rows"].append({"budget": group, "strategy": strategy, **asdict(r), "search_times": times})
     if sens_seconds is not None:
-        lines += ["", (f"budget: the first budget's run includes computing the sensitivity table "
-                  f"({sens_seconds:.0f} s); later budgets read it from the cache.")]
+        lines += ["", (f"budget: the first budget run computes the sensitivity table ({sens_seconds:.0f} s wall "
+                       f"of it), the later ones read it from the cache and only solve.")]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     (out / "table.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -307,9 +344,11 @@ def main() -> None:
     t.add_argument("--uniform", default="mxfp4,awq_int4,gptq_int4", help="uniform RTN formats to score")
     t.add_argument("--objective", default="nll", help="budget search objective (nll / kl)")
     t.add_argument("--nsamples", type=int, default=64, help="budget search calibration windows")
+    t.add_argument("--stats-gib", type=float, default=2.0, help="budget search --stats-gib (memory bound)")
     t.add_argument("--alpha-step", type=float, default=0.25, help="alpha-hill --step-size")
     t.add_argument("--seed", type=int, default=42, help="random plan seed")
     t.add_argument("--max-tokens", type=int, default=8192)
+    t.add_argument("--jobs", type=int, default=3, help="searches / evaluations run at once")
     t.add_argument("--fresh", action="store_true", help="search and score again even what --out holds")
     t.add_argument("--out", default="bench_search")
     args = parser.parse_args()

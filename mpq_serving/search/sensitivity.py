@@ -115,6 +115,7 @@ class CalibrationSettings:
     group_size: int = 128  # preferred group of the grouped int4 formats (see candidate_spec)
     batch_size: int = 2
     device: str = "cpu"
+    stats_gib: float = 2.0  # memory for the Fisher statistics per set of passes (not part of the cache key)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -234,6 +235,24 @@ class _WeightStats:
         return -float((self.grad * delta).sum())
 
 
+def statistics_parts(weights: list[LinearWeight], gib: float) -> list[list[LinearWeight]]:
+    """The weights split, in order, into parts whose statistics (H̃ in x in, the gradient out x in, float32)
+    fit in `gib` GiB each: one set of calibration passes per part. An upcycled SmolLM2-MoE's 720 experts
+    need ~5.4 GiB at once; the passes are deterministic (the sampled labels re-seeded each time), so
+    the parts together give exactly the one-pass table."""
+    limit = gib * 2**30
+    parts: list[list[LinearWeight]] = [[]]
+    size = 0.0
+    for w in weights:
+        need = 4.0 * (w.shape[1] * w.shape[1] + w.shape[0] * w.shape[1] + w.shape[0])
+        if parts[-1] and size + need > limit:
+            parts.append([])
+            size = 0.0
+        parts[-1].append(w)
+        size += need
+    return parts
+
+
 def _batches(tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(tokens.split(batch_size))
 
@@ -324,15 +343,17 @@ def compute_sensitivities(model_dir: Path, formats: list[str], settings: Calibra
     linear: dict[str, dict[str, float]] = {w.name: {} for w in weights}
     usage: dict[str, float] = {}
     if settings.method == "fisher":
-        stats = collect_statistics(calib, weights, tokens, settings.batch_size, settings.seed, progress)
-        for w in tqdm(weights, desc="scoring formats", unit="weight", disable=not progress):
-            weight = calib.modules[w.name].weight
-            for fmt, spec in per_weight[w.name].items():
-                delta = quantization_error(weight, spec, w.name)
-                kl[w.name][fmt] = stats[w.name].quadratic(delta) / positions
-                linear[w.name][fmt] = stats[w.name].linear(delta) / positions
-            if w.category == "expert":
-                usage[w.name] = stats[w.name].tokens / tokens.numel()
+        for part in statistics_parts(weights, settings.stats_gib):
+            stats = collect_statistics(calib, part, tokens, settings.batch_size, settings.seed, progress)
+            for w in tqdm(part, desc="scoring formats", unit="weight", disable=not progress):
+                weight = calib.modules[w.name].weight
+                for fmt, spec in per_weight[w.name].items():
+                    delta = quantization_error(weight, spec, w.name)
+                    kl[w.name][fmt] = stats[w.name].quadratic(delta) / positions
+                    linear[w.name][fmt] = stats[w.name].linear(delta) / positions
+                if w.category == "expert":
+                    usage[w.name] = stats[w.name].tokens / tokens.numel()
+            del stats
     else:
         reference = reference_logprobs(calib, tokens, settings.batch_size)
         jobs = [(w.name, fmt, spec) for w in weights for fmt, spec in per_weight[w.name].items()]

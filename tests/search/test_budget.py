@@ -37,6 +37,8 @@ from mpq_serving.search.sensitivity import (
     measured_change,
     quantization_error,
     reference_logprobs,
+    scored_weights,
+    statistics_parts,
 )
 
 runner = CliRunner()
@@ -191,3 +193,17 @@ def test_cli_writes_a_valid_plan_reuses_its_cache_and_writes_the_front(tmp_path,
     front = json.loads((tmp_path / "b10.pareto" / "front.json").read_text())
     assert len(front) >= 2 and all(Path(row["plan"]).is_file() for row in front)
     assert (tmp_path / "b10.pareto" / "front.csv").read_text().startswith("target_avg_bits,avg_bits,predicted_loss")
+
+
+def test_statistics_in_parts_give_the_one_pass_table(mixtral_dir):
+    """Bounded memory (--stats-gib) changes how many sets of passes run, not the table."""
+    tokens = torch.randint(0, 49152, (2, 24), generator=torch.Generator().manual_seed(2))
+    whole = compute_sensitivities(mixtral_dir, ["mxfp4", "fp8"], CalibrationSettings(nsamples=2, seq_len=24),
+                                  tokens, progress=False)
+    parts = compute_sensitivities(mixtral_dir, ["mxfp4", "fp8"],
+                                  CalibrationSettings(nsamples=2, seq_len=24, stats_gib=0.001), tokens, progress=False)
+    assert len(statistics_parts(scored_weights(linear_weights(mixtral_dir)), 0.001)) > 3
+    for name in whole.kl:
+        assert parts.kl[name] == pytest.approx(whole.kl[name], rel=1e-5, abs=1e-12), name
+        assert parts.linear[name] == pytest.approx(whole.linear[name], rel=1e-5, abs=1e-12), name
+    assert parts.usage == whole.usage
