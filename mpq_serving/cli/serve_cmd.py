@@ -14,6 +14,7 @@ from .common import fail, resolve_model
 class Engine(str, Enum):
     hf = "hf"
     vllm = "vllm"
+    sglang = "sglang"
 
 
 def serve(
@@ -28,6 +29,9 @@ def serve(
     """Serve with the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming)."""
     if engine is Engine.vllm:
         _serve_vllm(model_or_plan, model, host, port, served_name, engine_args or [])
+        return
+    if engine is Engine.sglang:
+        _serve_sglang(model_or_plan, model, host, port, served_name, engine_args or [])
         return
     if engine_args:
         fail(f"extra arguments {' '.join(engine_args)} are for an engine's own server; --engine {engine.value} takes none")
@@ -64,6 +68,22 @@ def _serve_vllm(model_or_plan: str, model: str | None, host: str, port: int, ser
         folder = packed_for_plan(target, resolve_model(model) if model else None) if target.is_file() \
             else resolve_model(model_or_plan)
         code = run_vllm(folder, host, port, served_name, extra)
+    except MPQError as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+def _serve_sglang(model_or_plan: str, model: str | None, host: str, port: int, served_name: str | None,
+                  extra: list[str]) -> None:
+    """Pack when given a plan, then run SGLang's server with the mpq plugin (integrations/sglang)."""
+    from ..integrations.sglang.launch import run_sglang
+    from ..integrations.vllm.launch import packed_for_plan
+
+    target = Path(model_or_plan)
+    try:
+        folder = packed_for_plan(target, resolve_model(model) if model else None) if target.is_file() \
+            else resolve_model(model_or_plan)
+        code = run_sglang(folder, host, port, served_name, extra)
     except MPQError as e:
         fail(str(e))
     raise typer.Exit(code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, MPQError
 from ...formats import QuantSpec, get_format
 from ...loaders.pack import FORMAT_VERSION, QUANT_METHOD
 from ...loaders.source_config import spec_from_dict
@@ -48,7 +48,7 @@ class MpqCheckpointConfig:
                 fmt = get_format(fields["format"])
                 spec = fmt.normalize(spec_from_dict(fields))
                 shape = tuple(int(d) for d in entry["shape"])
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, MPQError) as e:  # e.g. an unknown format
                 raise CheckpointError(f"quantization_config.modules[{name!r}]: malformed entry {entry!r} ({e})") from None
             modules[name] = ModuleEntry(name, spec, shape)
         return cls(modules, dict(qc))

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # SGLang's CPU engine for the in-process layer tests too (servers get it from SglangServer). Set before
+    # any test module imports SGLang: its modules read it at import time.
+    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+    from mpq_serving.integrations.sglang.cpu_support import startup
+
+    startup.install()
 
 REPO = Path(__file__).resolve().parents[3]
 MIXED_PLAN = REPO / "configs" / "smollm2_mixed.yaml"
@@ -47,8 +57,6 @@ def packed_tiny_moe(smollm2_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """The HF reference computed here shares the cores with the SGLang server (which also runs one thread)."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
