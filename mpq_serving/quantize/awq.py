@@ -37,12 +37,33 @@ QuantizeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def fake_quantizer(spec: QuantSpec, name: str) -> QuantizeFn | None:
-    """Round-to-nearest quantize–dequantize in the spec's format; None for float formats (nothing to search)."""
+    """Round-to-nearest quantize–dequantize in the spec's format; None for float formats (nothing to search).
+
+    int4 formats use `pseudo_quantize_int4` (the search calls it hundreds of times per layer).
+    """
     fmt = get_format(spec.format)
     if fmt.name in ("bf16", "fp16", "fp32"):
         return None
     spec = fmt.normalize(spec)
+    if fmt.name in INT4_FORMATS:
+        return lambda w: pseudo_quantize_int4(w, spec.group_size, spec.symmetric)
     return lambda w: fmt.dequantize(fmt.quantize(w, spec, name=name)).to(w.dtype)
+
+
+def pseudo_quantize_int4(w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
+    """AutoAWQ's `pseudo_quantize_tensor` on our int4 grid (range includes 0; symmetric amax / 7, zero 8):
+    the formats' round-to-nearest without packing and without rounding the scale to its stored dtype."""
+    out_f, in_f = w.shape
+    g = w.reshape(out_f, -1, in_f if group_size == -1 else group_size)
+    hi, lo = g.amax(-1, keepdim=True).clamp(min=0), g.amin(-1, keepdim=True).clamp(max=0)
+    if symmetric:
+        scale = (torch.maximum(hi, -lo) / 7).clamp(min=1e-10)
+        q = torch.clamp(torch.round(g / scale), -8, 7) * scale
+    else:
+        scale = ((hi - lo) / 15).clamp(min=1e-10)
+        zero = torch.round(-lo / scale)
+        q = (torch.clamp(torch.round(g / scale) + zero, 0, 15) - zero) * scale
+    return q.reshape(out_f, in_f)
 
 
 @dataclass
@@ -117,6 +138,7 @@ def search_clip(weight: torch.Tensor, inputs: list[torch.Tensor], spec: QuantSpe
     if fmt.name not in INT4_FORMATS or any(part in name.rsplit(".", 1)[-1] for part in NO_CLIP):
         return None
     spec = fmt.normalize(spec)
+    fake = fake_quantizer(spec, name)
     out_f, in_f = weight.shape
     group = spec.group_size if spec.group_size > 0 else in_f
     x = torch.cat([t.reshape(-1, in_f) for t in inputs])
@@ -133,7 +155,7 @@ def search_clip(weight: torch.Tensor, inputs: list[torch.Tensor], spec: QuantSpe
         for i in range(CLIP_STEPS):
             max_val = org_max * (1 - i / N_GRID)
             clipped = torch.clamp(wg, -max_val, max_val).reshape(w.shape)
-            q = fmt.dequantize(fmt.quantize(clipped, spec, name=name)).reshape(wg.shape)
+            q = fake(clipped).reshape(wg.shape)
             err = (torch.einsum("tgk,ogk->otg", xg, q) - ref).pow(2).mean(dim=1)  # [oc, groups]
             better = err < min_err
             min_err = torch.where(better, err, min_err)

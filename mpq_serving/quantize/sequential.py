@@ -45,6 +45,7 @@ from .column_quantizers import FLOAT_FORMATS, INT4_FORMATS, supports_gptq
 from .folding import fold_scales
 from .gptq import gptq_quantize
 from .hessian import HessianAccumulator
+from .plan_groups import group_records
 from .scale_groups import ScaleGroup, scale_groups
 from .smoothquant import activation_quantized, smooth_group
 from .sparsegpt import parse_pattern, sparsegpt_quantize
@@ -104,9 +105,10 @@ class QuantizedModel:
     config: QuantizeConfig
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     rename: Callable[[str], str] = staticmethod(lambda n: n)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # seed 003's layer groups, when the plan has them
 
     def summary(self) -> dict[str, Any]:
-        return {**asdict(self.config), "layers": self.records}
+        return {**asdict(self.config), "layers": self.records, **({"groups": self.groups} if self.groups else {})}
 
     def float_tensor(self, name: str) -> torch.Tensor:
         """A non-linear tensor (norm, embedding, bias) of the float model by checkpoint name."""
@@ -175,6 +177,7 @@ def quantize_model(model_dir: str | Path, plan: Plan, config: QuantizeConfig, pr
     missing = [n for n in slots if n not in result.modules]
     if missing:
         raise MPQError(f"internal: modules not quantized: {missing[:5]}")
+    result.groups = group_records(plan, result.records)
     return result
 
 
@@ -388,5 +391,7 @@ def _install(result: QuantizedModel, slot: LinearSlot, q: QuantizedTensor) -> No
     old = slot.module
     result.modules[slot.name] = q
     if get_format(q.format).name in FLOAT_FORMATS:
-        return  # the float32 copy already holds these values (to bf16 rounding); keep it for later folding
+        # keep the float32 copy (later folds scale it) but with the stored values: bf16 rounding, pruning
+        old.weight.copy_(get_format(q.format).dequantize(q))
+        return
     setattr(slot.parent, slot.attr, MixedPrecisionLinear(q, old.bias))

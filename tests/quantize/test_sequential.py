@@ -152,3 +152,19 @@ def test_cli_quantize(tiny_llama, tmp_path):
     assert qc["quant_method"] == "gptq" and qc["damp_percent"] == 0.05
     bad = CliRunner().invoke(app, ["quantize", str(tiny_llama), "--plan", str(plan), "--method", "nope", "-o", str(out)])
     assert bad.exit_code == 1 and "unknown method" in bad.output
+
+
+def test_mutual_info_groups_get_gptq_per_group(tiny_llama):
+    """A seed-003 plan (groups in its summary): each group's layers GPTQ-quantized in the group's format."""
+    attn = [f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in "qkvo"]
+    mlp = [f"model.layers.{i}.mlp.{p}_proj" for i in (0, 1) for p in ("gate", "up", "down")]
+    plan = plan_from_dict({"default": {"wq": "gptq_int4", "group_size": 64},
+                           "overrides": [{"pattern": n, "wq": "int8"} for n in attn],
+                           "summary": {"strategy": "mutual-info", "groups": [
+                               {"group": 0, "format": "int8", "layers": attn},
+                               {"group": 1, "format": "gptq_int4", "layers": mlp}]}})
+    result = quantize_model(tiny_llama, plan, QuantizeConfig(method="gptq", **SMALL), progress=False)
+    assert [g["methods"] for g in result.groups] == [{"gptq": 8}, {"gptq": 6}]
+    assert result.records["model.layers.1.self_attn.o_proj"]["mi_group"] == 0
+    assert result.modules["model.layers.1.self_attn.o_proj"].format == "int8"
+    assert result.summary()["groups"][1]["loss"] > 0
