@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -78,6 +80,7 @@ class VllmServer:
         self.port = free_port()
         self.log_path = self.work_dir / "server.log"
         self.process: subprocess.Popen | None = None
+        self.tmp_dir: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -93,8 +96,11 @@ class VllmServer:
 
     def environment(self) -> dict[str, str]:
         cache = self.work_dir / "cache"
-        tmp = self.work_dir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        # vLLM puts its ZMQ IPC sockets in TMPDIR, and a socket path may not exceed 107 characters:
+        # pytest's tmp folders are too deep, so a short folder of our own, removed in stop().
+        if self.tmp_dir is None:
+            self.tmp_dir = Path(tempfile.mkdtemp(prefix="vllm-"))
+        tmp = self.tmp_dir
         env = dict(os.environ)
         env.update({
             "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for tests, small on a shared box
@@ -154,6 +160,13 @@ class VllmServer:
         """SIGTERM the whole process group (vLLM spawns engine workers), SIGKILL what is left."""
         if self.process is None:
             return
+        try:
+            self._stop_process()
+        finally:
+            if self.tmp_dir is not None:
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def _stop_process(self) -> None:
         try:
             pgid = os.getpgid(self.process.pid)
         except ProcessLookupError:
