@@ -1,7 +1,7 @@
 """The plugin inside SGLang's real layer classes, in-process: QKVParallelLinear, MergedColumnParallelLinear,
 RowParallelLinear and FusedMoE, loaded through their own weight loaders as SGLang's model loader does,
-and compared with each format's float reference.  Expert parallelism: two gloo ranks, each keeps
-only its local experts."""
+and compared with each format's float reference.  Two gloo ranks (TP 2 = EP 2): each keeps only its
+local experts, and its tensor-parallel slice of packed gate/up (column) and o_proj (row) weights."""
 
 from __future__ import annotations
 
@@ -242,9 +242,34 @@ def _ep_rank(rank: int, port: int, results) -> None:
         ok = [torch.allclose(y.float(), _expert_reference(tensors, g, x), atol=0.02, rtol=0.05) for g in range(4)]
         kept.append((expert.gate_proj.spec.format, ok.index(True) if any(ok) else -1))
     results[rank] = kept
+    results[f"tp{rank}"] = _tensor_parallel_linears(rank, x)
 
 
-def test_expert_parallel_ranks_keep_only_their_experts():
+def _tensor_parallel_linears(rank: int, x: torch.Tensor) -> tuple[bool, bool]:
+    """Under TP 2: gate/up (gptq / awq) keep this rank's rows; o_proj (int8) its columns, all-reduced."""
+    from sglang.srt.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+
+    tensors, qc = _checkpoint(SPECS)
+    gate_up = MergedColumnParallelLinear(HIDDEN, [INTER, INTER], bias=False, params_dtype=torch.bfloat16,
+                                         quant_config=_config(qc), prefix="model.layers.0.mlp.gate_up_proj")
+    names = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+    _load(gate_up, tensors, list(zip(names, (0, 1))))
+    half = INTER // 2
+    expected = torch.cat([_reference(tensors[n], x)[:, rank * half:(rank + 1) * half] for n in names], dim=-1)
+    y = gate_up(x)
+    column_ok = torch.allclose((y[0] if isinstance(y, tuple) else y).float(), expected, atol=0.02, rtol=0.02)
+
+    o_proj = RowParallelLinear(HEADS * HEAD, HIDDEN, bias=False, params_dtype=torch.bfloat16,
+                               quant_config=_config(qc), prefix="model.layers.0.self_attn.o_proj")
+    _load(o_proj, tensors, [("model.layers.0.self_attn.o_proj", None)])
+    cols = HEADS * HEAD // 2
+    y = o_proj(x[:, rank * cols:(rank + 1) * cols].contiguous())
+    row_ok = torch.allclose((y[0] if isinstance(y, tuple) else y).float(),
+                            _reference(tensors["model.layers.0.self_attn.o_proj"], x), atol=0.03, rtol=0.03)
+    return column_ok, row_ok
+
+
+def test_two_ranks_keep_their_experts_and_tensor_parallel_slices():
     import torch.multiprocessing as mp
 
     port = free_port()
@@ -255,3 +280,4 @@ def test_expert_parallel_ranks_keep_only_their_experts():
     formats = [s.format for s in EXPERT_SPECS]
     assert kept[0] == [(formats[0], 0), (formats[1], 1)]
     assert kept[1] == [(formats[2], 2), (formats[3], 3)]
+    assert kept["tp0"] == kept["tp1"] == (True, True)  # tensor parallel 2: column- and row-parallel slices
