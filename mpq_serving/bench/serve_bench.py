@@ -55,13 +55,13 @@ def bench_url(url: str, label: str | None, config: ServeBenchConfig,
 
 def bench_targets(
     targets: Sequence[str], engine: str, config: ServeBenchConfig, log_dir: Path, base_model: str | None = None,
-    on_level: Callable[[LevelResult], None] | None = None,
+    on_level: Callable[[LevelResult], None] | None = None, engine_args: Sequence[str] = (),
 ) -> list[LevelResult]:
     """Serve each target in turn with `mpq serve --engine`, benchmark it, stop it."""
     results = []
     for target in targets:
         label = f"{engine}:{Path(target).stem}"
-        with launched_server(target, engine, log_dir, base_model) as url:
+        with launched_server(target, engine, log_dir, base_model, engine_args=engine_args) as url:
             results += bench_url(url, label, config, on_level)
     return results
 

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,14 +58,19 @@ def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
 @contextmanager
 def launched_server(
     target: str, engine: str, log_dir: Path, base_model: str | None = None, startup_timeout_s: float = 600.0,
-    name: str = "bench",
+    name: str = "bench", engine_args: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Serve `target` (model folder, demo name, packed folder or plan) with `mpq serve`; yield its /v1 URL."""
+    """Serve `target` (model folder, demo name, packed folder or plan) with `mpq serve`; yield its /v1 URL.
+
+    `engine_args` go to the engine's own server (after `--`), e.g. vLLM's `--max-num-seqs 8`.
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "mpq_serving.cli.main", "serve", target, "--engine", engine,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", name]
     if base_model:
         cmd += ["--model", base_model]
+    if engine_args:
+        cmd += ["--", *engine_args]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"server-{engine}-{Path(target).stem}-{port}.log"
     with open(log, "wb") as sink:

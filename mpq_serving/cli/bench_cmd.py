@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -83,6 +84,9 @@ def serve(
     max_tokens: int = typer.Option(64, "--max-tokens", help="Output tokens per request (ignore_eos)."),
     prompt_words: int = typer.Option(64, "--prompt-words", help="Words of Wikipedia text per prompt."),
     out_dir: Path = typer.Option(Path("out/bench-serve"), "--out", help="Folder for the JSON, the plot and server logs."),
+    engine_args: str = typer.Option(
+        "", "--engine-args", help="Arguments for the engine's own server, one string (e.g. '--max-num-seqs 8')."
+    ),
 ) -> None:
     """Load-test OpenAI servers: requests/s, output tokens/s, TTFT and inter-token latency p50/p90/p99."""
     from ..bench.serve_bench import ServeBenchConfig, bench_targets, bench_url, plot
@@ -103,7 +107,7 @@ def serve(
         for u in url or []:
             results += bench_url(u.rstrip("/"), None, config, progress)
         if targets:
-            results += bench_targets(targets, engine, config, out_dir / "logs", model, progress)
+            results += bench_targets(targets, engine, config, out_dir / "logs", model, progress, shlex.split(engine_args))
     except MPQError as e:
         fail(str(e))
     table = Table(title=f"Serving benchmark ({engine}; {max_tokens} output tokens per request)")
