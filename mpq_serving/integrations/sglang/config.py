@@ -69,6 +69,11 @@ class MpqConfig(QuantizationConfig):
             if parts is None:  # not in the plan (e.g. an MoE router): stored unquantized
                 return UnquantizedLinearMethod()
             return choose_linear_method(prefix, parts)
+        entry = self.checkpoint.get(prefix)
+        if entry is not None and entry.format not in _FLOAT:  # e.g. a plan that quantizes lm_head
+            raise ValueError(f"{prefix}: the plan gives it {entry.spec.describe()}, but SGLang builds it as a "
+                             f"{type(layer).__name__}; mpq's SGLang plugin quantizes linear layers and MoE experts "
+                             f"only: keep {prefix} in bf16")
         return None  # embeddings, lm_head: unquantized (the plan protects them)
 
 

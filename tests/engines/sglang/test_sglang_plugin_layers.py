@@ -281,3 +281,12 @@ def test_two_ranks_keep_their_experts_and_tensor_parallel_slices():
     assert kept[0] == [(formats[0], 0), (formats[1], 1)]
     assert kept[1] == [(formats[2], 2), (formats[3], 3)]
     assert kept["tp0"] == kept["tp1"] == (True, True)  # tensor parallel 2: column- and row-parallel slices
+
+
+def test_quantized_lm_head_is_refused_naming_it(sglang_dist):
+    """SGLang's lm_head is not a linear layer: a plan that quantizes it must fail, not load int8 as bf16."""
+    from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead
+
+    tensors, qc = _checkpoint({"lm_head": (QuantSpec("int8"), (256, HIDDEN))})
+    with pytest.raises(ValueError, match=r"lm_head: the plan gives it int8"):
+        ParallelLMHead(256, HIDDEN, params_dtype=torch.bfloat16, quant_config=_config(qc), prefix="lm_head")
