@@ -81,9 +81,10 @@ def choose_linear_method(prefix: str, parts: list[ModuleEntry]) -> QuantizeMetho
     """SGLang's own method where it has a kernel for the layer's format on this device, else ours.
 
     SGLang's unquantized method serves layers whose parts are all bf16 (or all fp16), on every device.
-    Its quantized CPU methods need Intel AMX and its GPU methods one format across all fused parts;
-    every other layer — quantized on a machine without those kernels, or mixing formats across
-    q/k/v or gate/up — gets `MpqLinearMethod`, whose per-part kernels mpq_serving.kernels picks.
+    SGLang's quantized CPU methods need Intel AMX; its CUDA methods (GPTQ / AWQ Marlin, FP8) would suit
+    fused layers with one format across all parts, but are not chosen yet: no GPU with SGLang was
+    available to test them.  Every quantized layer therefore gets `MpqLinearMethod`, whose per-part
+    kernels mpq_serving.kernels picks (Triton on CUDA, torch packed / dequantizing kernels on CPU).
     """
     from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
 
