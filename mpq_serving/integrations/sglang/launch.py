@@ -2,9 +2,10 @@
 
 Packs first when given a plan (into the cache, reused while the plan and base model are unchanged;
 the same packing `mpq serve --engine vllm` uses), then runs `python -m sglang.launch_server
---model-path PACKED --quantization mpq` with the interpreter that has SGLang: the current one if
-`import sglang` works, else the repository's `.venv-sglang` (scripts/install_sglang.sh).  The `mpq`
-plugin is found through its entry point in every SGLang process.  Without a CUDA GPU it selects
+--model-path PACKED --quantization mpq` (a plain model folder, e.g. a bf16 baseline, without
+`--quantization`) with the interpreter that has SGLang: the current one if `import sglang` works,
+else the repository's `.venv-sglang` (scripts/install_sglang.sh).  The `mpq` plugin is found through
+its entry point in every SGLang process.  Without a CUDA GPU it selects
 SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1, `--device cpu`, torch-native attention).
 """
 
@@ -43,8 +44,11 @@ def on_cpu(extra: list[str]) -> bool:
 
 
 def sglang_command(folder: Path, host: str, port: int, served_name: str | None, extra: list[str]) -> list[str]:
-    cmd = [sglang_python(), "-m", "sglang.launch_server", "--model-path", str(folder),
-           "--quantization", QUANT_METHOD, "--host", host, "--port", str(port)]
+    from ...loaders.hf_model import is_packed
+
+    cmd = [sglang_python(), "-m", "sglang.launch_server", "--model-path", str(folder), "--host", host, "--port", str(port)]
+    if is_packed(folder):  # a plain model folder (a bf16 baseline) is served as it is
+        cmd += ["--quantization", QUANT_METHOD]
     if served_name:
         cmd += ["--served-model-name", served_name]
     if on_cpu(extra) and "--device" not in extra:
