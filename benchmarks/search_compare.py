@@ -217,8 +217,10 @@ class Runs:
         self.chains = {}
 
 
-def _evaluate_cached(plan: Path | None, folder: Path, max_tokens: int, cache_dir: Path, fresh: bool):
-    """`mpq report`'s evaluation of one plan (None: the bf16 model), cached by the plan's content."""
+def _evaluate_cached(plan: Path | None, folder: Path, max_tokens: int, cache_dir: Path, fresh: bool,
+                     cached_only: bool = False):
+    """`mpq report`'s evaluation of one plan (None: the bf16 model), cached by the plan's content; None
+    with `cached_only` when it has not been scored yet."""
     import hashlib
 
     from transformers import AutoTokenizer
@@ -230,6 +232,8 @@ def _evaluate_cached(plan: Path | None, folder: Path, max_tokens: int, cache_dir
     cached = cache_dir / f"{plan.stem if plan else 'bf16'}.{digest}.eval.json"
     if cached.is_file() and not fresh:
         return PlanResult(**json.loads(cached.read_text()))
+    if cached_only:
+        return None
     console.print(f"scoring {plan.name if plan else 'bf16'} ...")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     result = evaluate(plan, folder, tokenizer, load_text("wiki_eval"), 512, max_tokens, progress=False)
@@ -297,10 +301,12 @@ def table(args: argparse.Namespace) -> None:
     rows.sort(key=lambda r: (order.index(r[0]), [s.split()[0] for s in STRATEGY_LABELS].index(r[1].split()[0])))
     plans = [None] + [p for *_, p in rows]
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=_one_thread) as pool:
-        scored = list(pool.map(_evaluate_cached, plans, *zip(*[(folder, args.max_tokens, cache_dir, args.fresh)]
-                                                               * len(plans), strict=True)))
+        scored = list(pool.map(_evaluate_cached, plans, *zip(*[(folder, args.max_tokens, cache_dir, args.fresh,
+                                                                 args.cached_only)] * len(plans), strict=True)))
     baseline = scored[0]
-    results = [(g, s, p, r) for (g, s, p), r in zip(rows, scored[1:], strict=True)]
+    if baseline is None:
+        raise SystemExit("the bf16 model has not been scored yet: run without --cached-only")
+    results = [(g, s, p, r) for (g, s, p), r in zip(rows, scored[1:], strict=True) if r is not None]
     write_report([baseline] + [r for *_, r in results], folder, out / "report",
                  {"text": "wiki_eval", "seq_len": 512, "max_tokens": args.max_tokens})
     sensitivity = out / "sensitivity.json"
@@ -349,6 +355,7 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=42, help="random plan seed")
     t.add_argument("--max-tokens", type=int, default=8192)
     t.add_argument("--jobs", type=int, default=3, help="searches / evaluations run at once")
+    t.add_argument("--cached-only", action="store_true", help="table of the plans already scored; score none")
     t.add_argument("--fresh", action="store_true", help="search and score again even what --out holds")
     t.add_argument("--out", default="bench_search")
     args = parser.parse_args()
