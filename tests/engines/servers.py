@@ -50,6 +50,16 @@ def vllm_python() -> str:
     return str(VLLM_VENV_PYTHON)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def log_tail(path: Path, lines: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -121,7 +131,8 @@ class VllmServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=self.environment(), cwd=self.work_dir, start_new_session=True)
+                                        env=self.environment(), cwd=self.work_dir, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         log.close()
         self._wait_ready()
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ...errors import CheckpointError, MPQError
@@ -52,6 +53,33 @@ class MpqCheckpointConfig:
                 raise CheckpointError(f"quantization_config.modules[{name!r}]: malformed entry {entry!r} ({e})") from None
             modules[name] = ModuleEntry(name, spec, shape)
         return cls(modules, dict(qc))
+
+    def check_tensors(self, folder: str | Path) -> None:
+        """Every tensor every module's format stores is in the folder's safetensors, at its shape.
+
+        Read from the safetensors headers only (no tensor data), before an engine builds anything:
+        engines load fused layers shard by shard and may not notice a shard that never arrives.
+        """
+        from ...loaders.checkpoint import Checkpoint
+
+        checkpoint = Checkpoint(folder)
+        missing, wrong = [], []
+        for entry in self.modules.values():
+            for suffix, (shape, _) in entry.layout().items():
+                name = f"{entry.name}.{suffix}"
+                if name not in checkpoint:
+                    missing.append(name)
+                elif tuple(checkpoint.tensors[name].shape) != tuple(shape):
+                    wrong.append(f"{name} has shape {tuple(checkpoint.tensors[name].shape)}, "
+                                 f"{entry.spec.describe()} of a {entry.shape} weight stores {tuple(shape)}")
+        problems = []
+        if missing:
+            problems.append(f"tensors missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if wrong:
+            problems.append(f"mis-shaped: {'; '.join(wrong[:10])}")
+        if problems:
+            raise CheckpointError(f"{folder}: the packed checkpoint does not match its quantization_config: "
+                                  + "; ".join(problems))
 
     def get(self, name: str) -> ModuleEntry | None:
         return self.modules.get(name)

@@ -95,6 +95,12 @@ class MpqConfig(QuantizationConfig):
              "(vLLM-CPU has no quantized MoE kernel; no engine mixes formats inside one MoE layer)", ", ".join(formats))
         return MpqMoEMethod(layer.moe_config, experts, prefix)
 
+    def maybe_update_config(self, model_name: str, hf_config=None, revision: str | None = None) -> None:
+        """Called by vLLM with the model folder before any worker starts: check every packed tensor's
+        presence and shape from the safetensors headers, so a bad checkpoint fails fast, naming it."""
+        if os.path.isdir(model_name):
+            self.checkpoint.check_tensors(model_name)
+
     def get_checkpoint_weight_mapper(self) -> WeightsMapper:
         """Keep g_idx (our GPTQ layers read it), except for the modules vLLM's GPTQ method runs."""
         if not self.native_gptq_modules:
