@@ -33,6 +33,27 @@ class LayerInputs:
     def rows(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
+    def first_samples(self, n: int) -> "LayerInputs":
+        """The first n samples (whole batches, the last one cut), with their per-sample keyword tensors cut alike."""
+        hidden, kwargs = [], []
+        for h, kw in zip(self.hidden, self.kwargs, strict=True):
+            if n <= 0:
+                break
+            take = min(n, h.shape[0])
+            hidden.append(h[:take])
+            kwargs.append({k: _first_rows(v, h.shape[0], take) for k, v in kw.items()})
+            n -= take
+        return LayerInputs(hidden, kwargs)
+
+
+def _first_rows(value: Any, batch: int, take: int) -> Any:
+    """Cut a per-sample keyword argument (a tensor or tuple of tensors with the batch first) to `take` samples."""
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
+        return value[:take]
+    if isinstance(value, tuple):
+        return tuple(_first_rows(v, batch, take) for v in value)
+    return value
+
 
 class _Caught(Exception):
     """Raised by the hook on layer 0 to stop the forward pass once its inputs are captured."""

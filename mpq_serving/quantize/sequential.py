@@ -292,10 +292,10 @@ def _smooth(result: QuantizedModel, layer: nn.Module, groups: list[ScaleGroup], 
 def _awq(result: QuantizedModel, layer: nn.Module, groups: list[ScaleGroup], by_module: dict[int, LinearSlot],
          slots: list[LinearSlot], inputs: LayerInputs) -> None:
     config = result.config
-    batches = max(1, -(-config.awq_samples // config.batch_size))
+    search_inputs = inputs.first_samples(config.awq_samples)
     captured: dict[str, list[torch.Tensor]] = defaultdict(list)
-    _capture(layer, inputs, {s.name: s.module for s in slots}, lambda n, x: captured[n].append(x), batches)
-    kwargs = inputs.kwargs[:batches]
+    _capture(layer, search_inputs, {s.name: s.module for s in slots}, lambda n, x: captured[n].append(x))
+    kwargs = search_inputs.kwargs
     for g in groups:
         members = [by_module.get(id(linear)) for linear in g.linears]
         if any(m is None for m in members) or not captured.get(members[0].name):
