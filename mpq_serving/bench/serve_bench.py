@@ -80,10 +80,12 @@ def plot(results: Sequence[LevelResult], path: Path) -> None:
         rows = [r for r in results if r.target == target]
         for ax, (title, value) in zip(axes, panels, strict=True):
             ax.plot([r.concurrency for r in rows], [value(r) for r in rows], marker="o", label=target)
+    levels = sorted({r.concurrency for r in results})
     for ax, (title, _) in zip(axes, panels, strict=True):
         ax.set_title(title)
         ax.set_xlabel("concurrent requests")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
