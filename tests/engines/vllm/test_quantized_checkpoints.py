@@ -52,13 +52,15 @@ def client(server) -> openai.OpenAI:
 
 
 def test_vllm_reads_it_as_its_own_format(written, server):
+    """vLLM picked its own method (auto_gptq / auto_awq) and its CPU int4 kernel; no plugin was loaded."""
     method, plain, _ = written
     qc = json.loads((plain / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == method and qc["mpq_quantize"]["method"] == method
     log = server.log_path.read_text()
-    assert "mpq" not in log.lower().split("quantization=")[-1][:40]  # not our plugin's method
-    assert f"quantization={method}" in log.lower().replace("auto_gptq", "gptq").replace("auto_awq", "awq") \
-        or method in log.lower()
+    assert f"quantization=auto_{method}" in log
+    if method == "gptq":
+        assert "Using CPUWNA16LinearKernel for AutoGPTQLinearMethod" in log
+    assert "mpq:" not in log  # our plugin logs its per-format choices; it did not run
 
 
 def test_prompt_logprobs_match_our_hf_path(written, client):
@@ -68,9 +70,3 @@ def test_prompt_logprobs_match_our_hf_path(written, client):
     model_id = client.models.list().data[0].id
     ids = AutoTokenizer.from_pretrained(plain)(PROMPT)["input_ids"]
     assert_matches_hf(client, model_id, ours, ids)
-
-
-def test_completion_is_coherent(client):
-    model_id = client.models.list().data[0].id
-    r = client.completions.create(model=model_id, prompt="The capital of France is", max_tokens=8, temperature=0)
-    assert "Paris" in r.choices[0].text
