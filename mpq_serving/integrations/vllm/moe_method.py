@@ -87,10 +87,9 @@ class MpqMoEMethod(FusedMoEMethodBase):
 
     def apply(self, layer, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
               shared_experts=None, shared_experts_input=None) -> torch.Tensor:
+        if getattr(layer, "apply_router_weight_on_input", False):
+            raise NotImplementedError("mpq MoE: apply_router_weight_on_input models are not supported")
         expert_map = getattr(layer, "expert_map", None)
         if expert_map is not None:
             topk_ids = expert_map[topk_ids]  # global -> local ids; -1 for experts on other ranks
-        out = torch.ops.mpq.moe(x, topk_weights, topk_ids.to(torch.int64), layer.mpq_handle)
-        if getattr(layer, "apply_router_weight_on_input", False):
-            raise NotImplementedError("mpq MoE: apply_router_weight_on_input models are not supported")
-        return out
+        return torch.ops.mpq.moe(x, topk_weights, topk_ids.to(torch.int64), layer.mpq_handle)
