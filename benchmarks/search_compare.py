@@ -320,7 +320,7 @@ def table(args: argparse.Namespace) -> None:
     for group, strategy, plan, r in results:
         times = runs.times.get(plan.stem.removesuffix(".config"), {})
         lines.append(f"| {group} | {strategy} | {plan.stem} | {r.avg_bits:.3f} | {r.ppl:.3f} | "
-                     f"{times.get('wall', '')} | {times.get('cpu', '')} |")
+                     f"{times.get('wall') or ''} | {times.get('cpu') or ''} |")
         data["rows"].append({"budget": group, "strategy": strategy, **asdict(r), "search_times": times})
     if sens_seconds is not None:
         lines += ["", (f"budget: the first budget run computes the sensitivity table ({sens_seconds:.0f} s wall "
