@@ -33,7 +33,7 @@ def written(request, smollm2_dir, tmp_path_factory):
 
     method = request.param
     plan = plan_from_dict({"default": {"wq": FORMAT[method], "group_size": 64}})
-    config = QuantizeConfig(method=method, nsamples=4, seq_len=128, awq_samples=4, true_sequential=False)
+    config = QuantizeConfig(method=method, nsamples=2, seq_len=64, awq_samples=1, true_sequential=False)
     result = quantize_model(smollm2_dir, plan, config, progress=False)
     root = tmp_path_factory.mktemp(f"quantized-{method}")
     plain = write_checkpoint(result, plan, root / method, layout=method)
