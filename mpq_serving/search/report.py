@@ -40,10 +40,11 @@ class PlanResult:
 
 def strategy_of(summary: dict[str, Any], formats: dict[str, str]) -> str:
     """`summary.strategy` when a search wrote the plan; else `uniform` when every weight has one format
-    (protected bf16 layers aside), `manual` otherwise."""
+    (protected bf16 layers aside; group sizes may differ with the shapes), `manual` otherwise."""
     if summary.get("strategy"):
         return str(summary["strategy"])
-    return "uniform" if len({f for n, f in formats.items() if not is_protected(n)}) == 1 else "manual"
+    kinds = {f.split()[0] for n, f in formats.items() if not is_protected(n)}  # "awq_int4 g64" -> awq_int4
+    return "uniform" if len(kinds) == 1 else "manual"
 
 
 def evaluate(plan_path: Path | None, model_dir: Path, tokenizer, text: str, seq_len: int,
