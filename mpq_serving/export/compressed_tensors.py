@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 
 from ..errors import MPQError
 from ..formats import QuantizedTensor, QuantSpec, get_format
-from ..loaders.pack import _copy_side_files, _ShardWriter
+from ..loaders.pack import ShardWriter, copy_side_files, write_atomically
 from .source import open_source
 
 QUANT_METHOD = "compressed-tensors"
@@ -246,10 +244,8 @@ def export_compressed_tensors(packed: str | Path, output: str | Path, *, shard_b
     }
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        writer = _ShardWriter(tmp, shard_bytes)
+    with write_atomically(output) as tmp:
+        writer = ShardWriter(tmp, shard_bytes)
         for name, q in source.modules():
             for suffix, tensor in convert_tensors(q).items():
                 writer.add(f"{name}.{suffix}", tensor)
@@ -259,11 +255,5 @@ def export_compressed_tensors(packed: str | Path, output: str | Path, *, shard_b
         config = dict(source.config)
         config["quantization_config"] = qconfig
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        _copy_side_files(source.folder, tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        copy_side_files(source.folder, tmp)
     return result

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import MPQError
 from ..formats import QuantizedTensor, QuantSpec
-from ..loaders.hf_model import _PackedSource, is_packed
+from ..loaders.hf_model import PackedSource, is_packed
 from ..loaders.true_mixed import TrueMixedPrecisionLoader
 from ..plan import Plan, load_plan
 
@@ -28,7 +28,7 @@ class ExportSource:
 
     folder: Path
     config: dict[str, Any]
-    _reader: _PackedSource | TrueMixedPrecisionLoader
+    _reader: PackedSource | TrueMixedPrecisionLoader
     module_shapes: dict[str, tuple[int, int]]
     module_specs: dict[str, QuantSpec]
 
@@ -49,7 +49,7 @@ def open_source(model: str | Path, plan: str | Path | Plan | None = None) -> Exp
         if not is_packed(model):
             raise MPQError(f"{model}: not a packed mpq checkpoint (config.json quant_method 'mpq'); "
                            "pass --plan to export a model folder under a plan, or run `mpq pack` first")
-        reader = _PackedSource(model)
+        reader = PackedSource(model)
         shapes = {name: shape for name, (_, shape) in reader.modules.items()}
         specs = {name: spec for name, (spec, _) in reader.modules.items()}
         folder = model

@@ -46,7 +46,7 @@ def _quant_method(path: Path) -> str | None:
     return qc.get("quant_method")
 
 
-class _PackedSource:
+class PackedSource:
     """Modules of a packed checkpoint, read one at a time."""
 
     def __init__(self, path: Path):
@@ -83,7 +83,7 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
         config_dir = source.reference.path
         modules = source.iter_modules(progress=progress)
     elif is_packed(path_or_plan):
-        source = _PackedSource(Path(path_or_plan))
+        source = PackedSource(Path(path_or_plan))
         config_dir = Path(path_or_plan)
         modules = source.iter_modules()
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,7 +29,7 @@ _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
                "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "chat_template.json")
 
 
-class _ShardWriter:
+class ShardWriter:
     """Accumulate tensors and flush a safetensors shard every `max_bytes`, so memory stays bounded."""
 
     def __init__(self, folder: Path, max_bytes: int):
@@ -72,15 +74,29 @@ class _ShardWriter:
         (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
+@contextmanager
+def write_atomically(output: Path) -> Iterator[Path]:
+    """A temporary folder beside `output` that replaces it only if the block succeeds: a failed or
+    interrupted write leaves no half-written checkpoint behind."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield tmp
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *, shard_bytes: int = 2 << 30,
          progress: bool = True) -> Path:
     """Resolve, check, then stream every module into a packed mixed checkpoint at `output`."""
     loader = TrueMixedPrecisionLoader(plan, model_dir)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        writer = _ShardWriter(tmp, shard_bytes)
+    with write_atomically(output) as tmp:
+        writer = ShardWriter(tmp, shard_bytes)
         modules: dict[str, dict] = {}
         for name, q in loader.iter_modules(progress=progress):
             modules[name] = {**spec_to_dict(q.spec), "shape": list(q.shape)}
@@ -90,13 +106,7 @@ def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *,
             writer.add(name, tensor)
         writer.finish()
         _write_config(loader, tmp, modules, plan)
-        _copy_side_files(loader.reference.path, tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        copy_side_files(loader.reference.path, tmp)
     return output
 
 
@@ -114,7 +124,7 @@ def _write_config(loader: TrueMixedPrecisionLoader, folder: Path, modules: dict,
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _copy_side_files(source: Path, folder: Path) -> None:
+def copy_side_files(source: Path, folder: Path) -> None:
     for name in _SIDE_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, folder / name)

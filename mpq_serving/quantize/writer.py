@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,7 @@ from typing import Any, Literal
 from ..errors import MPQError
 from ..formats import get_format
 from ..loaders.checkpoint import Checkpoint
-from ..loaders.pack import FORMAT_VERSION, QUANT_METHOD, _copy_side_files, _ShardWriter
+from ..loaders.pack import FORMAT_VERSION, QUANT_METHOD, ShardWriter, copy_side_files, write_atomically
 from ..loaders.source_config import spec_to_dict
 from ..plan import Plan, is_protected, plan_to_json_dict
 from .sequential import QuantizedModel
@@ -56,10 +54,8 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
         qconfig = awq_config(result)
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        writer = _ShardWriter(tmp, shard_bytes)
+    with write_atomically(output) as tmp:
+        writer = ShardWriter(tmp, shard_bytes)
         owned = set()
         for name, q in result.modules.items():
             if layout != "mpq" and get_format(q.format).name in _FLOAT:
@@ -78,13 +74,7 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
         config.pop("quantization_config", None)
         config["quantization_config"] = qconfig
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        _copy_side_files(reference.path, tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        copy_side_files(reference.path, tmp)
     return output
 
 
