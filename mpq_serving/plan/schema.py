@@ -7,6 +7,7 @@ into `Plan`; `Plan` writes either form back without loss.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,6 +16,9 @@ from ..errors import UnknownFormatError
 from ..formats import QuantSpec, canonical_name
 
 _FLOAT_ACTIVATIONS = {"bf16", "fp16", "fp32", "bfloat16", "float16", "float32", "none"}
+# Keys a rule may carry that describe it without changing what it does: the seeds' `category`,
+# `precision` (seed 000) and `alpha_hill` (seed 001), and free-text notes.
+ANNOTATION_KEYS = {"category", "precision", "alpha_hill", "note", "comment", "reason"}
 
 
 def _known_format(value: str | None) -> str | None:
@@ -46,6 +50,18 @@ class SpecFields(BaseModel):
         if isinstance(data, dict) and data.get("wq") is None and data.get("format") is None and "precision" in data:
             data = {**data, "wq": data["precision"]}
         return data
+
+    @model_validator(mode="after")
+    def _no_unknown_keys(self) -> SpecFields:
+        # A misspelt field (`activation:` for `aq:`) would otherwise be kept as an annotation and do nothing.
+        unknown = sorted(set(self.model_extra or {}) - ANNOTATION_KEYS)
+        if unknown:
+            known = sorted({f.alias or n for n, f in type(self).model_fields.items()} | set(type(self).model_fields)
+                           | ANNOTATION_KEYS)
+            hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := get_close_matches(k, known, 1)) else "")
+                     for k in unknown]
+            raise ValueError(f"unknown key(s) {', '.join(hints)}; a rule's keys are {', '.join(known)}")
+        return self
 
     @field_validator("wq")
     @classmethod

@@ -102,6 +102,22 @@ def test_misspelled_top_level_key_is_refused(tmp_path):
         load_plan(path)
 
 
+def test_misspelled_rule_key_is_refused_with_a_suggestion(tmp_path):
+    path = write(tmp_path, "p.yaml", "mixed_precision:\n  weight_mapping:\n    q_proj: {wq: int8, grup_size: 64}\n")
+    with pytest.raises(PlanError, match=r"weight_mapping\.q_proj \(line 3\).*'grup_size' \(did you mean 'group_size'\?\)"):
+        load_plan(path)
+    path = write(tmp_path, "p.json", json.dumps({"default": {"wq": "fp8"},
+                                                 "overrides": [{"pattern": "x", "wq": "int8", "activation": "int8"}]}))
+    with pytest.raises(PlanError, match=r"overrides\[0\].*unknown key\(s\) 'activation'"):
+        load_plan(path)
+
+
+def test_annotation_keys_are_kept_and_written_back(tmp_path):
+    rule = {"pattern": "x", "wq": "mxfp4", "category": "mlp_up", "alpha_hill": 8.5, "note": "tail-heavy"}
+    plan = load_plan(write(tmp_path, "p.json", json.dumps({"default": {"wq": "bf16"}, "overrides": [rule]})))
+    assert plan_to_json_dict(plan)["overrides"][0] == rule
+
+
 def test_malformed_json_and_yaml_name_the_line(tmp_path):
     with pytest.raises(PlanError, match="malformed JSON at line 2"):
         load_plan(write(tmp_path, "p.json", '{"default": {"wq": "bf16"},\n "overrides": [,]}'))
