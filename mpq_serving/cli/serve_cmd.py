@@ -27,11 +27,8 @@ def serve(
     engine_args: list[str] | None = typer.Argument(None, help="After `--`: extra arguments for the engine's server."),
 ) -> None:
     """Serve with the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming)."""
-    if engine is Engine.vllm:
-        _serve_vllm(model_or_plan, model, host, port, served_name, engine_args or [])
-        return
-    if engine is Engine.sglang:
-        _serve_sglang(model_or_plan, model, host, port, served_name, engine_args or [])
+    if engine is not Engine.hf:
+        _serve_engine(engine, model_or_plan, model, host, port, served_name, engine_args or [])
         return
     if engine_args:
         fail(f"extra arguments {' '.join(engine_args)} are for an engine's own server; --engine {engine.value} takes none")
@@ -58,32 +55,20 @@ def serve(
     run_server(loaded, tokenizer, name, host, port)
 
 
-def _serve_vllm(model_or_plan: str, model: str | None, host: str, port: int, served_name: str | None,
-                extra: list[str]) -> None:
-    """Pack when given a plan, then run vLLM's OpenAI server with the mpq plugin (integrations/vllm)."""
-    from ..integrations.vllm.launch import packed_for_plan, run_vllm
+def _serve_engine(engine: Engine, model_or_plan: str, model: str | None, host: str, port: int,
+                  served_name: str | None, extra: list[str]) -> None:
+    """Pack when given a plan, then run the engine's own OpenAI server with its mpq plugin (integrations/)."""
+    from ..integrations.common.launch import packed_for_plan
 
+    if engine is Engine.vllm:
+        from ..integrations.vllm.launch import run_vllm as run
+    else:
+        from ..integrations.sglang.launch import run_sglang as run
     target = Path(model_or_plan)
     try:
         folder = packed_for_plan(target, resolve_model(model) if model else None) if target.is_file() \
             else resolve_model(model_or_plan)
-        code = run_vllm(folder, host, port, served_name, extra)
-    except MPQError as e:
-        fail(str(e))
-    raise typer.Exit(code)
-
-
-def _serve_sglang(model_or_plan: str, model: str | None, host: str, port: int, served_name: str | None,
-                  extra: list[str]) -> None:
-    """Pack when given a plan, then run SGLang's server with the mpq plugin (integrations/sglang)."""
-    from ..integrations.sglang.launch import run_sglang
-    from ..integrations.vllm.launch import packed_for_plan
-
-    target = Path(model_or_plan)
-    try:
-        folder = packed_for_plan(target, resolve_model(model) if model else None) if target.is_file() \
-            else resolve_model(model_or_plan)
-        code = run_sglang(folder, host, port, served_name, extra)
+        code = run(folder, host, port, served_name, extra)
     except MPQError as e:
         fail(str(e))
     raise typer.Exit(code)

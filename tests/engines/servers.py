@@ -1,7 +1,7 @@
 """Start a real serving-engine process for a test and stop it afterwards.
 
-`VllmServer` runs `python -m vllm.entrypoints.openai.api_server` from `.venv-vllm` (or the current
-interpreter when it imports vllm) on a model folder, on a free port, with its caches in a temporary
+`VllmServer` runs the command `mpq serve --engine vllm` runs (`integrations.vllm.launch.vllm_command`:
+`python -m vllm.entrypoints.openai.api_server` from the interpreter that has vLLM) on a model folder, on a free port, with its caches in a temporary
 folder, waits until `/v1/models` answers, and kills the whole process group at the end. When the
 server dies during start-up the exception carries the tail of its log, so a failing test says why.
 
@@ -20,15 +20,12 @@ import signal
 import socket
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
 
 class ServerStartError(RuntimeError):
@@ -39,15 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def vllm_python() -> str:
-    """The interpreter that has vLLM: the current one if `import vllm` works in it, else .venv-vllm's."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    return str(VLLM_VENV_PYTHON)
 
 
 def _die_with_parent() -> None:
@@ -74,8 +62,7 @@ class VllmServer:
 
     def __init__(self, model_dir: Path | str, work_dir: Path | str, extra_args: list[str] | tuple = (),
                  *, timeout_s: float = 600.0, max_model_len: int = 512, max_num_seqs: int = 8,
-                 env: dict[str, str] | None = None, python: str | None = None,
-                 launcher: list[str] | None = None):
+                 env: dict[str, str] | None = None, launcher: list[str] | None = None):
         self.model_dir = str(model_dir)
         self.work_dir = Path(work_dir)
         self.extra_args = list(extra_args)
@@ -83,7 +70,6 @@ class VllmServer:
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.extra_env = dict(env or {})
-        self.python = python or vllm_python()
         # Another command that starts vLLM's server (e.g. `mpq serve ... --engine vllm`); it gets
         # `--port P` appended, then `--` and vLLM's own arguments.
         self.launcher = launcher
@@ -100,9 +86,10 @@ class VllmServer:
         if self.launcher is not None:
             return [*self.launcher, "--port", str(self.port), "--", "--max-model-len", str(self.max_model_len),
                     "--max-num-seqs", str(self.max_num_seqs), *self.extra_args]
-        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
-                "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(self.max_model_len),
-                "--max-num-seqs", str(self.max_num_seqs), *self.extra_args]
+        from mpq_serving.integrations.vllm.launch import vllm_command
+
+        return vllm_command(Path(self.model_dir), "127.0.0.1", self.port, None, [
+            "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs), *self.extra_args])
 
     def environment(self) -> dict[str, str]:
         cache = self.work_dir / "cache"
@@ -209,7 +196,7 @@ class VllmServer:
 
 
 class SglangServer(VllmServer):
-    """SGLang's server (`python -m sglang.launch_server`) on CPU, from the current interpreter (.venv-sglang).
+    """SGLang's server on CPU, started with the command `mpq serve --engine sglang` runs (`sglang_command`).
 
     CPU engine (`SGLANG_USE_CPU_ENGINE=1`, torch-native attention) with a small KV pool; same start,
     readiness (`/v1/models`), log and process-group handling as VllmServer.
@@ -220,8 +207,7 @@ class SglangServer(VllmServer):
     def __init__(self, model_dir: Path | str, work_dir: Path | str, extra_args: list[str] | tuple = (),
                  *, timeout_s: float = 600.0, max_total_tokens: int = 4096, env: dict[str, str] | None = None,
                  launcher: list[str] | None = None):
-        super().__init__(model_dir, work_dir, extra_args, timeout_s=timeout_s, env=env, python=sys.executable,
-                         launcher=launcher)
+        super().__init__(model_dir, work_dir, extra_args, timeout_s=timeout_s, env=env, launcher=launcher)
         self.max_total_tokens = max_total_tokens
 
     def command(self) -> list[str]:
@@ -229,8 +215,9 @@ class SglangServer(VllmServer):
                     "--max-total-tokens", str(self.max_total_tokens), *self.extra_args]
         if self.launcher is not None:  # e.g. `mpq serve PACKED --engine sglang`
             return [*self.launcher, "--port", str(self.port), "--", *cpu_args]
-        return [self.python, "-m", "sglang.launch_server", "--model-path", self.model_dir,
-                "--host", "127.0.0.1", "--port", str(self.port), *cpu_args]
+        from mpq_serving.integrations.sglang.launch import sglang_command
+
+        return sglang_command(Path(self.model_dir), "127.0.0.1", self.port, None, cpu_args)
 
     def environment(self) -> dict[str, str]:
         env = super().environment()

@@ -53,7 +53,7 @@ def server(plan_and_base, tmp_path_factory):
 @pytest.fixture(scope="module")
 def packed(server, plan_and_base):
     """The folder `mpq serve` packed the plan into (cached by plan content + base model)."""
-    from mpq_serving.integrations.vllm.launch import packed_for_plan
+    from mpq_serving.integrations.common.launch import packed_for_plan
 
     return packed_for_plan(*plan_and_base)
 
