@@ -2,7 +2,7 @@
 
 Random weights (a structure test): SGLang's FusedMoE layers run `MpqFusedMoEMethod` (experts 0-1 fp8,
 2-3 mxfp4, 4-5 gptq_int4, 6 awq_int4, 7 int8 in every layer; attention mxfp8 / bf16), and the
-outputs are compared with our HF path on the same packed checkpoint (tolerance: sglang_compare.py).
+outputs are compared with our HF path on the same packed checkpoint (tolerance: engine_compare.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import openai
 import pytest
 from servers import SglangServer
-from sglang_compare import assert_greedy_matches_hf, assert_prompt_logprobs_match_hf
+from engine_compare import assert_greedy_matches_hf, assert_prompt_logprobs_match_hf
 
 PROMPT_IDS = [1, 504, 3575, 282, 4649, 314, 7042, 30, 378, 4256, 282, 260, 1345, 314, 2574, 4258, 355, 1341, 30]
 

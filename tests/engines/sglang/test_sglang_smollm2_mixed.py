@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from servers import SglangServer
-from sglang_compare import assert_greedy_matches_hf, assert_prompt_logprobs_match_hf
+from engine_compare import assert_greedy_matches_hf, assert_prompt_logprobs_match_hf
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")

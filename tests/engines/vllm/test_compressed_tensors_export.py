@@ -4,7 +4,7 @@ logprobs our `mpq` plugin gives on the same packed weights.
 The plan (tests/export/smollm2_ct_plan.yaml) mixes what vLLM-CPU has kernels for: GPTQ-style int4 (sym, g64 /
 g128), AWQ-style int4 (asym g64) and int8 W8A8, with bf16 elsewhere.  Two real servers, one after the other:
 the plugin on the packed folder, then stock vLLM (VLLM_PLUGINS="" disables every general plugin) on the
-export.  Tolerance as in vllm_compare.py: 3x our own bf16-vs-float32 noise plus 0.02 nats (mean over the prompt).
+export.  Tolerance as in engine_compare.py: 3x our own bf16-vs-float32 noise plus 0.02 nats (mean over the prompt).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import openai
 import pytest
 import torch
 from servers import VllmServer
-from vllm_compare import assert_matches_hf, hf_prompt_logprobs, served_prompt_logprobs
+from engine_compare import assert_prompt_logprobs_match_hf, hf_prompt_logprobs, served_prompt_logprobs
 
 REPO = Path(__file__).resolve().parents[3]
 CT_PLAN = REPO / "tests" / "export" / "smollm2_ct_plan.yaml"
@@ -95,4 +95,4 @@ def test_stock_vllm_logprobs_equal_our_plugin_on_the_same_weights(stock, plugin_
 
 
 def test_stock_vllm_matches_our_hf_path(stock, packed, ids):
-    assert_matches_hf(*_client(stock), packed, ids)
+    assert_prompt_logprobs_match_hf(*_client(stock), packed, ids)

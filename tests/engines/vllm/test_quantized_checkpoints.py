@@ -5,7 +5,7 @@ as a plain AWQ config can only say one) from a small calibration set, written tw
 modules: as a plain GPTQ / AWQ folder (`quant_method: gptq` / `awq`) for vLLM, and in our mpq layout
 for the HF path.  The real vLLM server is started on the plain folder with `VLLM_PLUGINS=""`, so no
 plugin (ours included) is loaded: vLLM reads the checkpoint as its own.  Its prompt logprobs must
-equal our HF path's within the measured tolerance (vllm_compare.py).
+equal our HF path's within the measured tolerance (engine_compare.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import openai
 import pytest
 from servers import VllmServer
-from vllm_compare import assert_matches_hf
+from engine_compare import assert_prompt_logprobs_match_hf
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")
@@ -71,4 +71,4 @@ def test_prompt_logprobs_match_our_hf_path(written, client):
     _, plain, ours = written
     model_id = client.models.list().data[0].id
     ids = AutoTokenizer.from_pretrained(plain)(PROMPT)["input_ids"]
-    assert_matches_hf(client, model_id, ours, ids)
+    assert_prompt_logprobs_match_hf(client, model_id, ours, ids)

@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 from servers import VllmServer
-from vllm_compare import assert_matches_hf
+from engine_compare import assert_prompt_logprobs_match_hf
 
 PLAN = {"mixed_precision": {
     "default": {"format": "mxfp8"},
@@ -76,6 +76,6 @@ def test_prompt_logprobs_match_the_hf_path(server, packed):
     client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=300)
     model_id = client.models.list().data[0].id
     ids = list(range(1000, 1064))  # any tokens: the weights are random
-    assert_matches_hf(client, model_id, packed, ids)
+    assert_prompt_logprobs_match_hf(client, model_id, packed, ids)
     r = client.completions.create(model=model_id, prompt=ids, max_tokens=8, temperature=0)
     assert r.usage.completion_tokens == 8

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 from servers import VllmServer
-from vllm_compare import assert_matches_hf
+from engine_compare import assert_prompt_logprobs_match_hf
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")
@@ -72,11 +72,11 @@ def test_streaming_chat_equals_non_streaming(client, model_id):
 
 
 def test_prompt_logprobs_match_the_hf_path(client, model_id, packed_smollm2_mixed):
-    """vLLM's prompt logprobs equal our HF path's on the same checkpoint (tolerance: vllm_compare.py)."""
+    """vLLM's prompt logprobs equal our HF path's on the same checkpoint (tolerance: engine_compare.py)."""
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(packed_smollm2_mixed)(PROMPT)["input_ids"]
-    assert_matches_hf(client, model_id, packed_smollm2_mixed, ids)
+    assert_prompt_logprobs_match_hf(client, model_id, packed_smollm2_mixed, ids)
 
 
 def test_32_concurrent_streams_complete(server, model_id):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 from servers import VllmServer
-from vllm_compare import assert_matches_hf
+from engine_compare import assert_prompt_logprobs_match_hf
 
 PROMPT = "The river flows through the old town, past the cathedral and the market square, until it reaches the sea."
 EXPERTS = r"re:model\.layers\.\d+\.block_sparse_moe\.experts"
@@ -49,7 +49,7 @@ def test_prompt_logprobs_match_the_hf_path(server, packed):
     client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=300)
     model_id = client.models.list().data[0].id
     ids = AutoTokenizer.from_pretrained(packed)(PROMPT)["input_ids"]
-    assert_matches_hf(client, model_id, packed, ids)
+    assert_prompt_logprobs_match_hf(client, model_id, packed, ids)
     assert "mpq-serving's grouped-by-format MoE" in server.log_path.read_text()
 
 
