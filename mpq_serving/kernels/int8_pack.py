@@ -8,6 +8,10 @@ output row, the size of the reference's own bf16 rounding of each weight).  Only
 (fp16 / fp32 take ~15x longer), and time grows linearly with rows (1536x576: 0.06 ms at 1 row,
 0.4 ms at 16; exact dequantization + oneDNN: 0.3 ms, 0.4 ms), so past `MAX_ROWS` the
 `fast_dequant` kernel takes over.
+
+Its vector loads need aligned operands: it segfaults on a weight whose data is not 16-byte aligned or on
+an x not 32-byte aligned (probed). A safetensors file places a tensor at any byte offset, so a weight
+read from a checkpoint can be misaligned; such a weight is copied once (prepare), such an x per call.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..formats import QuantizedTensor
 from .checks import cpu_weight_only
 from .dispatch import Kernel
 
+ALIGNMENT = 64  # bytes; what torch's CPU allocator gives, above the 16 / 32 the kernel needs
 # Crossover with exact dequantize + bf16 F.linear, one thread: ~20 rows at 1536x576, ~45 at 4096x4096.
 MAX_ROWS = 16
 
@@ -31,12 +36,19 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
     return True, "torch _weight_int8pack_mm"
 
 
-def _prepare(q: QuantizedTensor) -> torch.Tensor:
-    return q.tensors["weight_scale"].reshape(-1).to(torch.bfloat16)
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` contiguous with its data on an ALIGNMENT-byte boundary (a fresh copy only when it is not)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
 
 
-def _run(x: torch.Tensor, q: QuantizedTensor, scales: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q.tensors["weight"].contiguous(), scales)
+def _prepare(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return aligned(q.tensors["weight"]), aligned(q.tensors["weight_scale"].reshape(-1).to(torch.bfloat16))
+
+
+def _run(x: torch.Tensor, q: QuantizedTensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    weight, scales = state
+    return torch.ops.aten._weight_int8pack_mm(aligned(x), weight, scales)
 
 
 INT8_PACK = Kernel("int8pack (torch W8A16)", _can_run, _run, _prepare)

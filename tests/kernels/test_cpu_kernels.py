@@ -122,6 +122,27 @@ def test_every_applicable_kernel_matches_the_dequantized_reference(fmt, fields, 
         assert y.shape == ref.shape and rel_err(y, ref) <= TOL[dtype], f"seed {seed}"
 
 
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` whose data starts one element past a 64-byte boundary, as a tensor read from a
+    safetensors file may (the format places tensors at any offset)."""
+    buf = torch.empty(t.numel() + 128, dtype=t.dtype)
+    start = (-buf.data_ptr()) % 64 // t.element_size() + 1
+    return buf[start:start + t.numel()].view(t.shape).copy_(t)
+
+
+@pytest.mark.parametrize(("fmt", "fields", "shape"), [c for c in CASES if c[0] in ("int8", "gptq_int4", "awq_int4")][:4])
+def test_fast_kernels_take_misaligned_operands(fmt, fields, shape, seed):
+    q = quantized(fmt, fields, shape)
+    reference_w = get_format(fmt).dequantize(q)
+    q.tensors.update({name: misaligned(t) for name, t in q.tensors.items()})
+    x = misaligned(torch.randn(13, shape[1], dtype=torch.bfloat16))
+    ref = F.linear(x, reference_w.to(torch.bfloat16))
+    for kernel in FAST_KERNELS:
+        if kernel.can_run(q, x)[0]:  # torch's int8pack used to segfault here on a misaligned weight or x
+            y = kernel.run(x, q, None if kernel.prepare is None else kernel.prepare(q))
+            assert rel_err(y, ref) <= TOL[torch.bfloat16], f"{kernel.name}, seed {seed}"
+
+
 @pytest.mark.parametrize(
     ("fmt", "fields", "shape", "dtype", "rows", "expected", "skip_reason"),
     [
