@@ -172,8 +172,8 @@ def _avg_bits(plan: Path, folder: Path) -> float:
 
 def _budget_argv(args: argparse.Namespace, bits: str, formats: str, out: Path) -> list[str]:
     return ["plan", "budget", args.model, "--target-avg-bits", bits, "--formats", formats, "--objective",
-            args.objective, "--nsamples", str(args.nsamples), "--stats-gib", str(args.stats_gib), "--sensitivity-cache",
-            str(out.parent / "sensitivity.json"), "-o", str(out)]
+            args.objective, "--nsamples", str(args.nsamples), "--sensitivity-cache", str(out.parent / "sensitivity.json"),
+            "-o", str(out), *(["--stats-gib", str(args.stats_gib)] if args.stats_gib else [])]
 
 
 class Runs:
@@ -350,7 +350,8 @@ def main() -> None:
     t.add_argument("--uniform", default="mxfp4,awq_int4,gptq_int4", help="uniform RTN formats to score")
     t.add_argument("--objective", default="nll", help="budget search objective (nll / kl)")
     t.add_argument("--nsamples", type=int, default=64, help="budget search calibration windows")
-    t.add_argument("--stats-gib", type=float, default=2.0, help="budget search --stats-gib (memory bound)")
+    t.add_argument("--stats-gib", type=float, default=None, help="budget search --stats-gib (memory bound; default: "
+                   "its own, half the available memory)")
     t.add_argument("--alpha-step", type=float, default=0.25, help="alpha-hill --step-size")
     t.add_argument("--seed", type=int, default=42, help="random plan seed")
     t.add_argument("--max-tokens", type=int, default=8192)

@@ -31,8 +31,9 @@ def budget_cmd(
                                     "backward passes; measured: one pass per weight and format (exact, slow)."),
     batch_size: int = typer.Option(2, "--batch-size", min=1, help="Calibration sequences per pass."),
     device: str = typer.Option("cpu", "--device", help="cpu / cuda: where the calibration passes run."),
-    stats_gib: float = typer.Option(2.0, "--stats-gib", min=0.01, help="Memory for the Fisher statistics; "
-                                    "more weights than fit get more sets of calibration passes (same result)."),
+    stats_gib: float | None = typer.Option(None, "--stats-gib", min=0.01, help="Memory for the Fisher statistics "
+                                           "(default: half of what is available now); more weights than fit get "
+                                           "more sets of calibration passes (same result)."),
     pareto: bool = typer.Option(False, "--pareto", help="Also write the Pareto front: plans in <OUT stem>.pareto/ "
                                 "with front.json and front.csv (bits, predicted loss)."),
     pareto_points: int = typer.Option(16, "--pareto-points", min=2, help="Budgets sampled along the front."),

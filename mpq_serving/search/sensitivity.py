@@ -115,7 +115,8 @@ class CalibrationSettings:
     group_size: int = 128  # preferred group of the grouped int4 formats (see candidate_spec)
     batch_size: int = 2
     device: str = "cpu"
-    stats_gib: float = 2.0  # memory for the Fisher statistics per set of passes (not part of the cache key)
+    stats_gib: float | None = None  # memory for the Fisher statistics per set of passes (not part of the cache
+    # key); None: half of what the machine has available now (`default_stats_gib`)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -235,6 +236,18 @@ class _WeightStats:
         return -float((self.grad * delta).sum())
 
 
+def default_stats_gib() -> float:
+    """Half of the memory available now (Linux MemAvailable), at least 1 GiB; 2 GiB where it cannot be read.
+    Each extra part costs a whole set of calibration passes (an upcycled SmolLM2-MoE: 6 parts at 1 GiB,
+    ~30 min each on 2 cores, against one part at 6 GiB), so the statistics take what memory there is."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 2.0
+    return max(1.0, kib / 2**20 / 2)
+
+
 def statistics_parts(weights: list[LinearWeight], gib: float) -> list[list[LinearWeight]]:
     """The weights split, in order, into parts whose statistics (H̃ in x in, the gradient out x in, float32)
     fit in `gib` GiB each: one set of calibration passes per part. An upcycled SmolLM2-MoE's 720 experts
@@ -343,7 +356,7 @@ def compute_sensitivities(model_dir: Path, formats: list[str], settings: Calibra
     linear: dict[str, dict[str, float]] = {w.name: {} for w in weights}
     usage: dict[str, float] = {}
     if settings.method == "fisher":
-        for part in statistics_parts(weights, settings.stats_gib):
+        for part in statistics_parts(weights, settings.stats_gib or default_stats_gib()):
             stats = collect_statistics(calib, part, tokens, settings.batch_size, settings.seed, progress)
             for w in tqdm(part, desc="scoring formats", unit="weight", disable=not progress):
                 weight = calib.modules[w.name].weight
