@@ -19,21 +19,16 @@ import openai
 import pytest
 from engine_compare import assert_prompt_logprobs_match_hf
 from servers import VllmServer
+from test_vllm_moe_tiny import PLAN as TINY_MOE_PLAN
 
-PLAN = {"mixed_precision": {
-    "default": {"format": "mxfp8"},
-    "weight_mapping": {
-        r"re:model\.layers\.\d+\.mlp\.experts\.[01]\..*": {"format": "fp8", "granularity": "channel"},
-        r"re:model\.layers\.\d+\.mlp\.experts\.[23]\..*": "mxfp4",
-        r"re:model\.layers\.\d+\.mlp\.experts\.[45]\..*": {"format": "gptq_int4", "group_size": 32},
-        r"re:model\.layers\.\d+\.mlp\.experts\.6\..*": {"format": "awq_int4", "group_size": 32},
-        r"re:model\.layers\.\d+\.mlp\.experts\.7\..*": "int8",
-        r"re:model\.layers\.\d+\.self_attn\.q_proj": {"format": "gptq_int4", "group_size": 32},
-        r"re:model\.layers\.\d+\.self_attn\.k_proj": "int8",
-        r"re:model\.layers\.\d+\.self_attn\.v_proj": "mxfp4",
-        r"re:model\.layers\.\d+\.self_attn\.o_proj": {"format": "awq_int4", "group_size": 32},
-    },
-}}
+# test_vllm_moe_tiny's five expert formats, with each attention projection in a format of its own.
+PLAN = {"mixed_precision": {**TINY_MOE_PLAN["mixed_precision"], "weight_mapping": {
+    **TINY_MOE_PLAN["mixed_precision"]["weight_mapping"],
+    r"re:model\.layers\.\d+\.self_attn\.q_proj": {"format": "gptq_int4", "group_size": 32},
+    r"re:model\.layers\.\d+\.self_attn\.k_proj": "int8",
+    r"re:model\.layers\.\d+\.self_attn\.v_proj": "mxfp4",
+    r"re:model\.layers\.\d+\.self_attn\.o_proj": {"format": "awq_int4", "group_size": 32},
+}}}
 SPLITS = {"tp2": ["--tensor-parallel-size", "2"],
           "tp2-ep": ["--tensor-parallel-size", "2", "--enable-expert-parallel"]}
 
