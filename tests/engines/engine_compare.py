@@ -62,6 +62,17 @@ def assert_prompt_logprobs_match_hf(client: openai.OpenAI, model_id: str, packed
     return diffs[torch.bfloat16]
 
 
+def assert_random_model_served_like_hf(base_url: str, packed: Path) -> None:
+    """For a model with random weights (any tokens will do): prompt logprobs match HF, and a completion of
+    8 tokens comes back."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=300)
+    model_id = client.models.list().data[0].id
+    ids = list(range(1000, 1064))
+    assert_prompt_logprobs_match_hf(client, model_id, packed, ids)
+    r = client.completions.create(model=model_id, prompt=ids, max_tokens=8, temperature=0)
+    assert r.usage.completion_tokens == 8
+
+
 def served_greedy_ids(base_url: str, ids: list[int], n: int) -> list[int]:
     """SGLang's greedy continuation of `ids` as token ids (its native /generate endpoint returns ids)."""
     root = base_url.removesuffix("/v1")
