@@ -237,15 +237,12 @@ class _WeightStats:
 
 
 def default_stats_gib() -> float:
-    """Half of the memory available now (Linux MemAvailable), at least 1 GiB; 2 GiB where it cannot be read.
-    Each extra part costs a whole set of calibration passes (an upcycled SmolLM2-MoE: 6 parts at 1 GiB,
-    ~30 min each on 2 cores, against one part at 6 GiB), so the statistics take what memory there is."""
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return 2.0
-    return max(1.0, kib / 2**20 / 2)
+    """Half of the memory available now, at least 1 GiB. Each extra part costs a whole set of calibration
+    passes (an upcycled SmolLM2-MoE: 6 parts at 1 GiB, ~30 min each on 2 cores, against one part at
+    6 GiB), so the statistics take what memory there is."""
+    import psutil
+
+    return max(1.0, psutil.virtual_memory().available / 2**30 / 2)
 
 
 def statistics_parts(weights: list[LinearWeight], gib: float) -> list[list[LinearWeight]]:

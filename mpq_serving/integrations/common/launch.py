@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,8 +44,3 @@ def packed_for_plan(plan_file: Path, model_dir: Path | None) -> Path:
 def server_args(host: str, port: int, served_name: str | None) -> list[str]:
     """The address and name arguments both engines' servers spell the same way."""
     return ["--host", host, "--port", str(port), *(["--served-model-name", served_name] if served_name else [])]
-
-
-def run_in_foreground(cmd: list[str], env: dict[str, str]) -> int:
-    """Run an engine's server in the foreground (Ctrl-C reaches it too) and return its exit code."""
-    return subprocess.call(cmd, env=env)

@@ -10,9 +10,10 @@ torch-native attention).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
-from ..common.launch import engine_python, run_in_foreground, server_args
+from ..common.launch import engine_python, server_args
 from .plugin import QUANT_METHOD
 
 CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native"]
@@ -47,4 +48,4 @@ def run_sglang(folder: Path, host: str, port: int, served_name: str | None, extr
     env = dict(os.environ)
     if on_cpu(extra):
         env["SGLANG_USE_CPU_ENGINE"] = "1"
-    return run_in_foreground(sglang_command(folder, host, port, served_name, extra), env)
+    return subprocess.call(sglang_command(folder, host, port, served_name, extra), env=env)  # foreground: Ctrl-C reaches it

