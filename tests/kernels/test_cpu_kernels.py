@@ -137,10 +137,13 @@ def test_fast_kernels_take_misaligned_operands(fmt, fields, shape, seed):
     q.tensors.update({name: misaligned(t) for name, t in q.tensors.items()})
     x = misaligned(torch.randn(13, shape[1], dtype=torch.bfloat16))
     ref = F.linear(x, reference_w.to(torch.bfloat16))
+    ran = []
     for kernel in FAST_KERNELS:
         if kernel.can_run(q, x)[0]:  # torch's int8pack used to segfault here on a misaligned weight or x
             y = kernel.run(x, q, None if kernel.prepare is None else kernel.prepare(q))
             assert rel_err(y, ref) <= TOL[torch.bfloat16], f"{kernel.name}, seed {seed}"
+            ran.append(kernel.name)
+    assert (INT8_PACK if fmt == "int8" else INT4_PACK) in ran  # the torch kernels with alignment needs ran
 
 
 @pytest.mark.parametrize(
