@@ -11,6 +11,10 @@ err = Console(stderr=True, highlight=False)
 
 DEMO_MODELS = ("smollm2", "smollm2-moe")
 
+# Every command that writes takes this flag (see outputs.py: it never replaces anything but our own output).
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace the output if it is a previous output of the same "
+                         "kind (never anything else); without it an existing non-empty output is refused.")
+
 
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
@@ -25,7 +29,7 @@ def resolve_model(arg: str | Path) -> Path:
 
         return prepare_smollm2()
     if text == "smollm2-moe":
-        from ..models.hf_folder import OutputExistsError
+        from ..outputs import OutputExistsError
         from ..models.smollm2 import prepare_smollm2
         from ..models.upcycle import upcycle
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
@@ -21,13 +21,14 @@ def gguf(
     output: Path = typer.Option(..., "-o", "--output", help="The .gguf file to write."),
     plan: Path | None = typer.Option(None, "--plan", help="Plan to apply to MODEL (quantizing where it has no source)."),
     show: bool = typer.Option(False, "--show", help="Print every tensor's GGML type and error, not just a summary."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """One GGUF file for llama.cpp: each weight in the closest GGML type (README: "Export")."""
     from ..export.gguf import export_gguf
 
     folder = resolve_model(model)
     try:
-        result = export_gguf(folder, output, plan)
+        result = export_gguf(folder, output, plan, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     table = Table("GGUF tensor" if show else "GGML type", "from", "exact", "max |Δ| vs ours", "note")
@@ -51,12 +52,13 @@ def gguf(
 def compressed_tensors(
     packed: Path = typer.Argument(..., help="Packed folder written by `mpq pack`."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """An HF folder with a compressed-tensors `mixed-precision` config that stock vLLM / SGLang load."""
     from ..export.compressed_tensors import export_compressed_tensors
 
     try:
-        result = export_compressed_tensors(packed, output)
+        result = export_compressed_tensors(packed, output, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     table = Table("config group", "format", "scheme", "modules")

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..models import TINY_ARCHS
+from .common import OVERWRITE
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -38,11 +39,12 @@ def upcycle_cmd(
     experts: int = typer.Option(8, "--experts", min=1, help="Experts per layer (all copies of the dense MLP)."),
     top_k: int = typer.Option(2, "--top-k", min=1, help="Experts used per token."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random router init."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Make a Mixtral MoE whose experts are copies of each dense MLP (same outputs as the dense model)."""
     from ..models.upcycle import upcycle
 
-    typer.echo(upcycle(dense_dir, out, experts=experts, top_k=top_k, seed=seed))
+    typer.echo(upcycle(dense_dir, out, experts=experts, top_k=top_k, seed=seed, overwrite=overwrite))
 
 
 @app.command()
@@ -50,8 +52,9 @@ def tiny(
     arch: TinyArch = typer.Argument(..., help="Architecture."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Build a tiny random model (2 layers, hidden 128) for structure tests."""
     from ..models.tiny import build_tiny
 
-    typer.echo(build_tiny(arch.value, out, seed=seed))
+    typer.echo(build_tiny(arch.value, out, seed=seed, overwrite=overwrite))

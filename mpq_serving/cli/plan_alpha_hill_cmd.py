@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from .common import err, fail, resolve_model
+from .common import OVERWRITE, err, fail, resolve_model
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
@@ -36,6 +36,7 @@ def alpha_hill(
     dtype: str = typer.Option("bf16", "--dtype", help="Activation / unquantized weight dtype: bf16, fp16, fp32."),
     chart: Path | None = typer.Option(None, "--chart", help="Alpha-per-layer PNG [default: CONFIG with .png]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Per-layer Alpha-Hill, then an mxfp4 and an mxfp8 alpha threshold lowered step by step under a PPL bound.
 
@@ -44,7 +45,8 @@ def alpha_hill(
     import torch
 
     from ..errors import MPQError
-    from ..plan import save_plan
+    from ..outputs import check_output_file, write_text_output
+    from ..plan import check_plan_output, save_plan
     from ..search.alpha_hill_search import (
         PerplexityEvaluator,
         SearchParams,
@@ -68,6 +70,8 @@ def alpha_hill(
     }
     record = SearchRecord("alpha-hill", parameters)  # the clock starts here: search_seconds covers everything
     try:
+        check_plan_output(output_plan, overwrite=overwrite)  # before the perplexity passes
+        check_output_file(output_config, "alpha-hill config", overwrite=overwrite, recognise=_is_alpha_hill_config)
         params = SearchParams(ppl_threshold, target_avg_bits, step_size)
         folder = resolve_model(model)
 
@@ -77,11 +81,11 @@ def alpha_hill(
                                        dtype=getattr(torch, _DTYPES[dtype.lower()]), progress=progress)
 
         outcome = run_alpha_hill(folder, params, make_evaluator, record, on_step=_print_step, progress=progress)
-        save_plan(outcome.plan, output_plan)
+        save_plan(outcome.plan, output_plan, overwrite=overwrite)
+        write_text_output(output_config, json.dumps(outcome.config, indent=2) + "\n", "alpha-hill config",
+                          overwrite=overwrite, recognise=_is_alpha_hill_config)
     except (MPQError, OSError) as e:
         fail(str(e))
-    output_config.parent.mkdir(parents=True, exist_ok=True)
-    output_config.write_text(json.dumps(outcome.config, indent=2) + "\n", encoding="utf-8")
     chart_path = plot_alphas(outcome, chart or output_config.with_suffix(".png"), title=f"{model}: Alpha-Hill")
     r = outcome.result
     for stage in r.stages:
@@ -103,3 +107,11 @@ def _print_step(entry: dict[str, Any]) -> None:
     err.print(f"{where}: {entry['layers']} layers (+{len(entry['added'])}), avg_bits {entry['avg_bits']:.3f}, "
               f"ppl {entry['ppl']:.4f} ({entry['ppl_rise']:+.2%}) {mark}"
               + ("" if entry["evaluated"] else " (no new layer: previous measurement)"), soft_wrap=True)
+
+
+def _is_alpha_hill_config(path: Path) -> bool:
+    """A config this command wrote (it carries `search_summary`): the only file --overwrite may replace."""
+    try:
+        return "search_summary" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False

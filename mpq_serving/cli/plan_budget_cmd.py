@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -39,6 +39,7 @@ def budget_cmd(
     pareto_points: int = typer.Option(16, "--pareto-points", min=2, help="Budgets sampled along the front."),
     cache: Path | None = typer.Option(None, "--sensitivity-cache", help="Sensitivity cache file (default: next "
                                       "to OUT, named after the model and the calibration settings)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Ours: per-weight (per-expert) sensitivity to each format, then the exact optimum under the bit budget."""
     from ..search.budget import budget_search, parse_formats
@@ -51,7 +52,7 @@ def budget_cmd(
         candidates = parse_formats(formats)
         folder = resolve_model(model)
         result = budget_search(folder, target_avg_bits, candidates, settings, output, objective,
-                               pareto_points if pareto else 0, cache)
+                               pareto_points if pareto else 0, cache, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     s = result.plan.summary

@@ -15,7 +15,7 @@ from ..plan import load_plan, resolve, save_plan
 from ..plan.bits import average_bits
 from ..plan.model_weights import linear_weights
 from ..plan.validate import validate_plan
-from .common import err, fail, resolve_model
+from .common import OVERWRITE, err, fail, resolve_model
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -81,10 +81,11 @@ def avg_bits(plan: Path = PlanArg, model: str = ModelOpt) -> None:
 def convert(
     plan: Path = PlanArg,
     output: Path = typer.Option(..., "-o", "--output", help="Output file; .json or .yaml picks the form."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Rewrite a plan in the other form (JSON <-> YAML), losslessly."""
     try:
-        save_plan(load_plan(plan), output)
+        save_plan(load_plan(plan), output, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     console.print(f"wrote {output}")

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 console = Console(highlight=False)
 
@@ -33,10 +33,12 @@ def register(app: typer.Typer) -> None:
         nsamples: int = typer.Option(16, "--nsamples", min=1, help="Calibration windows from the shipped Wikipedia slice."),
         seq_len: int = typer.Option(128, "--seq-len", min=2, help="Tokens per calibration window."),
         seed: int = typer.Option(0, "--seed", help="Seeds the calibration windows and the GA."),
+        overwrite: bool = OVERWRITE,
     ) -> None:
         """W4 (mxfp4) weights everywhere; A4 (aq mxfp4) or A8 (aq mxfp8) activations per layer, by a GA."""
         from transformers import AutoTokenizer
 
+        from ..plan import check_plan_output
         from ..search.common import calibration_tokens, write_plan
         from ..search.genetic import GAConfig, genetic_search, plot_convergence
 
@@ -45,10 +47,11 @@ def register(app: typer.Typer) -> None:
                       "smooth_alpha": smooth_alpha, "threshold": threshold, "edge_threshold": edge_threshold,
                       "nsamples": nsamples, "seq_len": seq_len}
         try:
+            check_plan_output(output, overwrite=overwrite)  # before the calibration passes
             config = GAConfig(population=ga_pop, generations=ga_gen, target_compression=target_compression, seed=seed)
             tokens = calibration_tokens(AutoTokenizer.from_pretrained(folder), nsamples, seq_len, seed=seed)
             plan = genetic_search(folder, tokens, config, smooth_alpha, threshold, edge_threshold, parameters)
-            written = write_plan(plan, output)
+            written = write_plan(plan, output, overwrite=overwrite)
             curve = plot_convergence(plan.summary["history"], output.with_name(output.stem + "_convergence.png"))
         except (MPQError, ValueError, OSError) as e:
             fail(str(e))

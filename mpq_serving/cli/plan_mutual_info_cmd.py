@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 console = Console(highlight=False)
 
@@ -29,10 +29,12 @@ def register(app: typer.Typer) -> None:
         nsamples: int = typer.Option(128, "--nsamples", min=1, help="Calibration windows from the shipped Wikipedia slice."),
         seq_len: int = typer.Option(64, "--seq-len", min=2, help="Tokens per calibration window."),
         seed: int = typer.Option(0, "--seed", help="Seeds the calibration windows and the randomized SVD."),
+        overwrite: bool = OVERWRITE,
     ) -> None:
         """Group layers by the mutual information of their calibration outputs; give each group a format."""
         from transformers import AutoTokenizer
 
+        from ..plan import check_plan_output
         from ..search.common import calibration_tokens, write_plan
         from ..search.mutual_info import MIConfig, mutual_info_search
 
@@ -41,10 +43,11 @@ def register(app: typer.Typer) -> None:
         parameters = {"model": str(model), "target_avg_bits": target_avg_bits, "n_groups": n_groups,
                       "formats": list(names), "channels": channels, "nsamples": nsamples, "seq_len": seq_len}
         try:
+            check_plan_output(output, overwrite=overwrite)  # before the calibration passes
             config = MIConfig(target_avg_bits, n_groups, names, channels, seed)
             tokens = calibration_tokens(AutoTokenizer.from_pretrained(folder), nsamples, seq_len, seed=seed)
             plan = mutual_info_search(folder, tokens, config, parameters)
-            written = write_plan(plan, output)
+            written = write_plan(plan, output, overwrite=overwrite)
         except (MPQError, ValueError, OSError) as e:
             fail(str(e))
         for g in plan.summary["groups"]:

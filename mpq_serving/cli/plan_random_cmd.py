@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 console = Console(highlight=False)
 
@@ -26,6 +26,7 @@ def random_cmd(
     weight_only: bool = typer.Option(False, "--weight-only", help="Leave out the seed's `aq` (activations stay "
                                      "bf16) to compare with weight-only plans."),
     verbose: bool = typer.Option(False, "--verbose", help="Print each layer moved off the mxfp8 default, and why."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Seed 000: random mxfp4 / bf16 layers by ratio, the rest mxfp8; lm_head and routers bf16."""
     from ..search.common import write_plan
@@ -35,7 +36,7 @@ def random_cmd(
     try:
         config.check()
         plan = random_plan(resolve_model(model), config)
-        write_plan(plan, output)
+        write_plan(plan, output, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     if verbose:

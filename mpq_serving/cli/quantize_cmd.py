@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 
 def quantize(
@@ -27,19 +27,24 @@ def quantize(
     sparsity_pattern: str | None = typer.Option(None, "--sparsity-pattern", help="N:M structured sparsity, e.g. 2:4."),
     layout: str = typer.Option("mpq", "--layout", help="mpq (packed mixed) | gptq | awq (plain checkpoints stock engines load)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration window positions."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Quantize MODEL layer by layer under PLAN and write OUTPUT (records how each layer was made)."""
+    from ..loaders.pack import CHECKPOINT_KIND
+    from ..outputs import check_output_folder
     from ..plan import load_plan
     from ..quantize import QuantizeConfig, quantize_model, write_checkpoint
 
     folder = resolve_model(model)
     try:
+        kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
+        check_output_folder(output, kind, overwrite=overwrite, inputs=[folder])  # before minutes of calibration
         loaded_plan = load_plan(plan)
         config = QuantizeConfig(method=method, nsamples=nsamples, seq_len=seq_len, calib=calib, damp=damp,
                                 act_order=act_order, static_groups=static_groups, smooth_alpha=smooth_alpha, sparsity=sparsity,
                                 sparsity_pattern=sparsity_pattern, seed=seed)
         result = quantize_model(folder, loaded_plan, config)
-        out = write_checkpoint(result, loaded_plan, output, layout=layout)
+        out = write_checkpoint(result, loaded_plan, output, layout=layout, overwrite=overwrite)
     except MPQError as e:
         fail(str(e))
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))

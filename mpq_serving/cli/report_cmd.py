@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..errors import MPQError
-from .common import fail, resolve_model
+from .common import OVERWRITE, fail, resolve_model
 
 console = Console(highlight=False)
 
@@ -21,6 +21,7 @@ def report(
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="Perplexity window (as `mpq eval ppl`)."),
     text: str = typer.Option("wiki_eval", "--text", help="Text file, or a shipped text name."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also score the bf16 model itself."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Avg bits, weight memory and perplexity of each plan; PPL-vs-bits chart and per-layer format maps."""
     from transformers import AutoTokenizer
@@ -35,7 +36,8 @@ def report(
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        written = run_report(plans, folder, output, tokenizer, text, seq_len, max_tokens, baseline, on_result=show)
+        written = run_report(plans, folder, output, tokenizer, text, seq_len, max_tokens, baseline, on_result=show,
+                             overwrite=overwrite)
     except (MPQError, OSError) as e:
         fail(str(e))
     console.print(f"wrote {', '.join(p.name for p in written)} in {output}")

@@ -39,11 +39,13 @@ import torch
 
 from ..errors import MPQError
 from ..formats import QuantizedTensor, QuantSpec, get_format
-from ..loaders.pack import ShardWriter, copy_side_files, write_atomically
+from ..loaders.pack import ShardWriter, copy_side_files
+from ..outputs import output_folder
 from .source import open_source
 
 QUANT_METHOD = "compressed-tensors"
 MIXED = "mixed-precision"
+EXPORT_KIND = "compressed-tensors-export"  # the output kind (see outputs.py) of this export
 _INT4 = {"gptq_int4", "awq_int4", "ct_int4"}
 _UNQUANTIZED = {"bf16", "fp16"}
 # Projections the engines fuse into one layer, which then takes one scheme.
@@ -215,7 +217,8 @@ def _check_moe(schemes: dict[str, Scheme | None]) -> None:
                 "expressed in compressed-tensors; serve it with the mpq plugin, or give the layer one format")
 
 
-def export_compressed_tensors(packed: str | Path, output: str | Path, *, shard_bytes: int = 2 << 30) -> CompressedTensorsExport:
+def export_compressed_tensors(packed: str | Path, output: str | Path, *, shard_bytes: int = 2 << 30,
+                              overwrite: bool = False) -> CompressedTensorsExport:
     """Write `output` from a packed folder; nothing is written when the plan cannot be expressed."""
     source = open_source(packed)
     schemes = {name: scheme_for(spec, name) for name, spec in source.module_specs.items()}
@@ -243,8 +246,7 @@ def export_compressed_tensors(packed: str | Path, output: str | Path, *, shard_b
         "transform_config": {},
     }
 
-    output = Path(output)
-    with write_atomically(output) as tmp:
+    with output_folder(output, EXPORT_KIND, overwrite=overwrite, inputs=[source.folder]) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         for name, q in source.modules():
             for suffix, tensor in convert_tensors(q).items():

@@ -13,7 +13,6 @@ temporary name and renamed at the end.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MPQError
 from ..formats import QuantizedTensor, get_format
+from ..outputs import output_file
 from ..plan import Plan
 from . import gguf_names, gguf_types
 from .gguf_tokenizer import tokenizer_fields
@@ -64,34 +64,38 @@ class GGUFExport:
 
 
 def export_gguf(model: str | Path, output: str | Path, plan: str | Path | Plan | None = None, *,
-                progress: bool = True) -> GGUFExport:
-    """Write `output` (.gguf) from a packed folder, or a model folder under `plan`."""
+                progress: bool = True, overwrite: bool = False) -> GGUFExport:
+    """Write `output` (.gguf) from a packed folder, or a model folder under `plan`.
+
+    An existing `output` is replaced only with `overwrite`, and only if it is a GGUF file.
+    """
     source = open_source(model, plan)
     hp = gguf_names.hparams(source.config)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
     result = GGUFExport(output)
-    writer = gguf.GGUFWriter(str(tmp), gguf_names.ARCH)
-    try:
-        writer.add_name(Path(source.folder).name)
-        gguf_names.write_hparams(writer, source.config, hp)
-        for key, (value, vtype) in tokenizer_fields(source.folder, source.config, result.warnings).items():
-            if isinstance(value, list):
-                writer.add_array(key, value)
-            else:
-                writer.add_key_value(key, value, vtype)
-        _add_tensors(writer, source, hp, result, progress)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
-        writer.close()
-        os.replace(tmp, output)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with output_file(output, "gguf file", overwrite=overwrite, recognise=is_gguf) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), gguf_names.ARCH)
+        try:
+            writer.add_name(Path(source.folder).name)
+            gguf_names.write_hparams(writer, source.config, hp)
+            for key, (value, vtype) in tokenizer_fields(source.folder, source.config, result.warnings).items():
+                if isinstance(value, list):
+                    writer.add_array(key, value)
+                else:
+                    writer.add_key_value(key, value, vtype)
+            _add_tensors(writer, source, hp, result, progress)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
     return result
+
+
+def is_gguf(path: Path) -> bool:
+    """Whether `path` starts with the GGUF magic: the only kind of file `--overwrite` may replace here."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def _add_tensors(writer: gguf.GGUFWriter, source, hp: gguf_names.Hparams, result: GGUFExport, progress: bool) -> None:

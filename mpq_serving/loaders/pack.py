@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..outputs import output_folder
 from ..plan import Plan, plan_to_json_dict
 from .checkpoint import INDEX_FILE
 from .source_config import spec_to_dict
 from .true_mixed import TrueMixedPrecisionLoader
 
 QUANT_METHOD = "mpq"
+CHECKPOINT_KIND = "mpq-checkpoint"  # the output kind (see outputs.py) of `mpq pack` and `mpq quantize`
 FORMAT_VERSION = 1
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "chat_template.json")
@@ -74,28 +73,16 @@ class ShardWriter:
         (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
-@contextmanager
-def write_atomically(output: Path) -> Iterator[Path]:
-    """A temporary folder beside `output` that replaces it only if the block succeeds: a failed or
-    interrupted write leaves no half-written checkpoint behind."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield tmp
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *, shard_bytes: int = 2 << 30,
-         progress: bool = True) -> Path:
-    """Resolve, check, then stream every module into a packed mixed checkpoint at `output`."""
+         progress: bool = True, overwrite: bool = False) -> Path:
+    """Resolve, check, then stream every module into a packed mixed checkpoint at `output`.
+
+    `output` must be new or empty; with `overwrite`, a previous packed checkpoint is replaced (never
+    anything else, never an input of the plan).
+    """
     loader = TrueMixedPrecisionLoader(plan, model_dir)
-    output = Path(output)
-    with write_atomically(output) as tmp:
+    inputs = [loader.reference.path, *loader.sources.paths()]
+    with output_folder(output, CHECKPOINT_KIND, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         modules: dict[str, dict] = {}
         for name, q in loader.iter_modules(progress=progress):
@@ -107,7 +94,7 @@ def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *,
         writer.finish()
         _write_config(loader, tmp, modules, plan)
         copy_side_files(loader.reference.path, tmp)
-    return output
+    return Path(output)
 
 
 def _write_config(loader: TrueMixedPrecisionLoader, folder: Path, modules: dict, plan: Plan) -> None:

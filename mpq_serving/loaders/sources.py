@@ -43,6 +43,10 @@ class SourceSet:
         self.base_path = Path(base) if base else None
         self._base: Checkpoint | None = None
 
+    def paths(self) -> list[Path]:
+        """Every folder this set reads from (sources, then the base model)."""
+        return [*self._paths.values(), *([self.base_path] if self.base_path else [])]
+
     def source(self, fmt: str) -> Checkpoint | None:
         if fmt not in self._paths:
             return None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import safe_open
 
-from ..errors import CheckpointError, MPQError
+from ..errors import CheckpointError
+
+MODEL_KIND = "model"  # the output kind (see outputs.py) of `mpq model prepare|upcycle|tiny`
 
 # What a tokenizer + chat template + generation settings amount to in an HF folder (transformers 5 writes
 # the chat template to its own file; older folders keep it inside tokenizer_config.json).
@@ -26,44 +25,6 @@ def cache_root() -> Path:
     """`$MPQ_CACHE_DIR`, else `~/.cache/mpq-serving`: built demo models live here, outside the repo."""
     env = os.environ.get("MPQ_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mpq-serving"
-
-
-class OutputExistsError(MPQError):
-    """The output folder already holds something (perhaps finished meanwhile by a concurrent build)."""
-
-
-@contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out` to write into; rename it to `out` only if the block succeeds.
-
-    A crash or Ctrl-C then never leaves a half-written model where a later run would take it as complete.
-    """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"output folder {out} already exists and is not empty: remove it or choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        _apply_umask(tmp)
-        try:
-            if out.exists():
-                out.rmdir()  # empty when we started; rename cannot replace a directory portably
-            tmp.rename(out)
-        except OSError as err:  # another process filled `out` while we were writing
-            raise OutputExistsError(f"output folder {out} was filled by someone else while being written") from err
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _apply_umask(folder: Path) -> None:
-    """mkdtemp (and some writers) create owner-only files; give the finished folder the usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def safetensors_names(folder: Path) -> list[str]:

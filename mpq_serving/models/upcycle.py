@@ -25,14 +25,15 @@ from transformers import (
 )
 
 from ..errors import CheckpointError, MPQError
-from .hf_folder import atomic_folder, copy_tokenizer
+from ..outputs import output_folder
+from .hf_folder import MODEL_KIND, copy_tokenizer
 
 # Dense model types whose attention, norms and rope are exactly Mixtral's (no biases, rotate-half rope).
 SUPPORTED_DENSE_TYPES = ("llama", "mistral")
 
 
 def upcycle(dense_dir: Path, out_dir: Path, experts: int = 8, top_k: int = 2, seed: int = 0,
-            progress: bool = True) -> Path:
+            progress: bool = True, overwrite: bool = False) -> Path:
     """Write a MixtralForCausalLM folder at `out_dir` whose experts all equal `dense_dir`'s MLPs.
 
     The router (`gate`) is random (normal, std = the config's initializer_range, seeded): it does not
@@ -50,7 +51,7 @@ def upcycle(dense_dir: Path, out_dir: Path, experts: int = 8, top_k: int = 2, se
     config.dtype = dtype
     tensors = _moe_state_dict(dense.state_dict(), config, seed, dtype, progress)
     del dense
-    with atomic_folder(out_dir) as tmp:
+    with output_folder(out_dir, MODEL_KIND, overwrite=overwrite, inputs=[dense_dir]) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)
         _generation_config(dense_dir, config).save_pretrained(tmp)

@@ -1,6 +1,6 @@
 """The mixed-precision plan: schema, file forms, name matching, resolution, validation, average bits."""
 
-from .io import load_plan, plan_from_dict, plan_to_json_dict, plan_to_yaml_dict, save_plan
+from .io import check_plan_output, load_plan, plan_from_dict, plan_to_json_dict, plan_to_yaml_dict, save_plan
 from .matching import Pattern, is_protected, normalize_name
 from .resolve import Resolution, resolve, unmatched_rules
 from .schema import Plan, Rule, SpecFields
@@ -19,5 +19,6 @@ __all__ = [
     "plan_to_yaml_dict",
     "resolve",
     "save_plan",
+    "check_plan_output",
     "unmatched_rules",
 ]

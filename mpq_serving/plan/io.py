@@ -11,9 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import PlanError, UnknownFormatError
 from ..formats import canonical_name
+from ..outputs import check_output_file, write_text_output
 from .schema import Plan, Rule, SpecFields
 
 _SECTION = "mixed_precision"
+# A plan naming every one of Qwen3-235B-A22B's 36k expert weights is a few MiB; far beyond that is not a plan.
+MAX_PLAN_BYTES = 64 << 20
+# Nodes after expanding YAML aliases: bounds "billion laughs" files that are tiny on disk.
+MAX_YAML_NODES = 5_000_000
 
 
 class _YamlSection(BaseModel):
@@ -32,7 +37,13 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: plan file not found")
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_PLAN_BYTES:
+        raise PlanError(f"{path}: {size / 2**20:.0f} MiB is too large for a plan file (limit {MAX_PLAN_BYTES >> 20} MiB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PlanError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
@@ -145,8 +156,11 @@ def plan_to_yaml_dict(plan: Plan) -> dict[str, Any]:
     return {_SECTION: section}
 
 
-def save_plan(plan: Plan, path: str | Path) -> Path:
-    """Write a plan; the suffix (.json / .yaml / .yml) picks the form."""
+def save_plan(plan: Plan, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a plan; the suffix (.json / .yaml / .yml) picks the form.
+
+    An existing file is replaced only with `overwrite`, and only if it is itself a plan.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -155,9 +169,24 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
         text = yaml.safe_dump(plan_to_yaml_dict(plan), sort_keys=False, allow_unicode=True)
     else:
         raise PlanError(f"{path}: unknown plan file type {path.suffix!r}; use .json, .yaml or .yml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text_output(path, text, "plan file", overwrite=overwrite, recognise=is_plan_file)
     return path
+
+
+def check_plan_output(path: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse a plan output before a search spends minutes on it (the same checks `save_plan` makes)."""
+    if Path(path).suffix.lower() not in {".json", ".yaml", ".yml"}:
+        raise PlanError(f"{path}: unknown plan file type {Path(path).suffix!r}; use .json, .yaml or .yml")
+    check_output_file(path, "plan file", overwrite=overwrite, recognise=is_plan_file)
+
+
+def is_plan_file(path: Path) -> bool:
+    """Whether `path` parses as a plan: the only kind of file a plan writer may replace."""
+    try:
+        load_plan(path)
+    except (PlanError, OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -208,10 +237,34 @@ def _at(lines: dict[tuple, int], loc: tuple) -> str:
     return ""
 
 
+def _expanded_size(root: yaml.Node | None) -> int:
+    """How many nodes the document has once every alias is expanded, counted in time linear in its size."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a recursive alias counts once instead of looping
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = total
+        return total
+
+    return 0 if root is None else size(root)
+
+
 def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """safe_load, plus the line of every mapping key; duplicate keys are an error, not a silent overwrite."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        expanded = _expanded_size(node)
+        if expanded > MAX_YAML_NODES:
+            raise PlanError(f"{path}: its aliases expand to more than {MAX_YAML_NODES:,} YAML nodes "
+                            f"({expanded:.3g}); a plan never needs that many (nested anchors and aliases?)")
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -27,8 +27,9 @@ from typing import Any, Literal
 from ..errors import MPQError
 from ..formats import get_format
 from ..loaders.checkpoint import Checkpoint
-from ..loaders.pack import FORMAT_VERSION, QUANT_METHOD, ShardWriter, copy_side_files, write_atomically
+from ..loaders.pack import CHECKPOINT_KIND, FORMAT_VERSION, QUANT_METHOD, ShardWriter, copy_side_files
 from ..loaders.source_config import spec_to_dict
+from ..outputs import output_folder
 from ..plan import Plan, is_protected, plan_to_json_dict
 from .sequential import QuantizedModel
 
@@ -37,8 +38,8 @@ _FLOAT = {"bf16", "fp16", "fp32"}
 
 
 def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, layout: Layout = "mpq",
-                     shard_bytes: int = 2 << 30) -> Path:
-    """Write `result` to `output` in `layout`; returns the folder."""
+                     shard_bytes: int = 2 << 30, overwrite: bool = False) -> Path:
+    """Write `result` to `output` in `layout`; returns the folder (see outputs.py for what `overwrite` may replace)."""
     if layout not in ("mpq", "gptq", "awq"):
         raise MPQError(f"unknown checkpoint layout {layout!r}; choose mpq, gptq or awq")
     reference = Checkpoint(result.model_dir)
@@ -53,8 +54,8 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
     else:
         qconfig = awq_config(result)
 
-    output = Path(output)
-    with write_atomically(output) as tmp:
+    kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
+    with output_folder(output, kind, overwrite=overwrite, inputs=[result.model_dir]) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         owned = set()
         for name, q in result.modules.items():
@@ -75,7 +76,7 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
         config["quantization_config"] = qconfig
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         copy_side_files(reference.path, tmp)
-    return output
+    return Path(output)
 
 
 def _quantized(result: QuantizedModel, fmt: str) -> dict[str, Any]:

@@ -33,10 +33,13 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import MPQError
 from ..formats import QuantSpec, canonical_name, get_format
-from ..plan import Plan, resolve
+from ..outputs import check_output_folder, output_folder
+from ..plan import Plan, check_plan_output, resolve
 from ..plan.bits import average_bits
 from ..plan.model_weights import LinearWeight, linear_weights
 from .common import SearchRecord, plan_from_assignment, write_plan
+
+PARETO_KIND = "pareto-front"  # the output kind (see outputs.py) of `mpq plan budget --pareto`
 from .sensitivity import (
     OBJECTIVES,
     CalibrationSettings,
@@ -254,10 +257,18 @@ class BudgetResult:
 
 def budget_search(model_dir: Path, target_avg_bits: float, formats: list[str], settings: CalibrationSettings,
                   output: Path, objective: str = "nll", pareto_points: int = 0, cache: Path | None = None,
-                  progress: bool = True) -> BudgetResult:
+                  progress: bool = True, overwrite: bool = False) -> BudgetResult:
     """Sensitivities (cached next to `output`), the optimum at the target written to `output`, and with
-    `pareto_points` the front's plans in `<output stem>.pareto/` with front.json and front.csv."""
+    `pareto_points` the front's plans in `<output stem>.pareto/` with front.json and front.csv.
+
+    Outputs are checked before the calibration passes: an existing plan (or front) is replaced only with
+    `overwrite`, and only if it is one."""
     settings.check()
+    output = Path(output)
+    front_folder = output.parent / f"{output.stem}.pareto"
+    check_plan_output(output, overwrite=overwrite)
+    if pareto_points:
+        check_output_folder(front_folder, PARETO_KIND, overwrite=overwrite)
     if objective not in OBJECTIVES:
         raise MPQError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     record = SearchRecord("budget", parameters={
@@ -279,22 +290,21 @@ def budget_search(model_dir: Path, target_avg_bits: float, formats: list[str], s
     rows: list[dict[str, Any]] = []
     if pareto_points:
         front = pareto_front(problem, pareto_points)
-        folder = output.parent / f"{output.stem}.pareto"
-        paths = [folder / f"bits_{s.avg_bits:.3f}{output.suffix}" for s in front]
-        for s, path in zip(front, paths, strict=True):
-            write_plan(solution_plan(s, weights, record, **about), path)
+        paths = [front_folder / f"bits_{s.avg_bits:.3f}{output.suffix}" for s in front]
         rows = front_rows(front, paths)
+        with output_folder(front_folder, PARETO_KIND, overwrite=overwrite) as tmp:
+            for s, path in zip(front, paths, strict=True):
+                write_plan(solution_plan(s, weights, record, **about), tmp / path.name)
+            _write_front(tmp, rows)
         record.history = rows
-        _write_front(folder, rows)
     else:
         record.history = front_rows([solution], [output])
     plan = solution_plan(solution, weights, record, **about)
-    write_plan(plan, output)
+    write_plan(plan, output, overwrite=overwrite)
     return BudgetResult(plan, solution, cache, from_cache, rows)
 
 
 def _write_front(folder: Path, rows: list[dict[str, Any]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "front.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     with (folder / "front.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

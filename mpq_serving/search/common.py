@@ -97,8 +97,8 @@ def plan_from_assignment(assignment: dict[str, QuantSpec], default: QuantSpec, r
     return Plan(default=SpecFields(**fields(default)), overrides=rules, summary=record.summary(**summary))
 
 
-def write_plan(plan: Plan, path: str | Path) -> Path:
-    return save_plan(plan, path)
+def write_plan(plan: Plan, path: str | Path, *, overwrite: bool = False) -> Path:
+    return save_plan(plan, path, overwrite=overwrite)
 
 
 def searched_weights(model_dir: str | Path) -> list[LinearWeight]:

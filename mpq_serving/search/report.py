@@ -15,12 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..outputs import check_output_folder, output_folder
 from ..plan import Plan, SpecFields, is_protected, load_plan, resolve
 from ..plan.bits import average_bits
 from ..plan.model_weights import LinearWeight, linear_weights
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 BASELINE = "bf16 (no plan)"
+
+REPORT_KIND = "report"  # the output kind (see outputs.py) of `mpq report`
 
 
 @dataclass
@@ -169,9 +172,18 @@ def _pyplot():
     return plt
 
 
-def write_report(results: list[PlanResult], model_dir: Path, out_dir: Path, settings: dict[str, Any]) -> list[Path]:
-    """report.md, report.json, ppl_vs_bits.png and one format map per plan; the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_report(results: list[PlanResult], model_dir: Path, out_dir: Path, settings: dict[str, Any],
+                 overwrite: bool = False) -> list[Path]:
+    """report.md, report.json, ppl_vs_bits.png and one format map per plan; the paths written.
+
+    `out_dir` must be new or empty, or (with `overwrite`) a previous report."""
+    out_dir = Path(out_dir)
+    with output_folder(out_dir, REPORT_KIND, overwrite=overwrite) as tmp:
+        written = _write_report_files(results, model_dir, tmp, settings)
+    return [out_dir / p.name for p in written]
+
+
+def _write_report_files(results: list[PlanResult], model_dir: Path, out_dir: Path, settings: dict[str, Any]) -> list[Path]:
     weights = linear_weights(model_dir)
     written = [plot_ppl_vs_bits(results, out_dir / "ppl_vs_bits.png")]
     maps: dict[str, Path] = {}
@@ -214,8 +226,10 @@ def _markdown(results: list[PlanResult], model_dir: Path, settings: dict[str, An
 
 def run_report(plans: list[Path], model_dir: Path, out_dir: Path, tokenizer, text: str = "wiki_eval",
                seq_len: int = 512, max_tokens: int | None = None, baseline: bool = True,
-               progress: bool = True, on_result: Callable[[PlanResult], None] | None = None) -> list[Path]:
-    """Evaluate every plan (and the bf16 model), then write the report files."""
+               progress: bool = True, on_result: Callable[[PlanResult], None] | None = None,
+               overwrite: bool = False) -> list[Path]:
+    """Evaluate every plan (and the bf16 model), then write the report files (`out_dir` checked first)."""
+    check_output_folder(out_dir, REPORT_KIND, overwrite=overwrite)
     from ..eval.text import load_text
 
     corpus = load_text(text)
@@ -228,4 +242,4 @@ def run_report(plans: list[Path], model_dir: Path, out_dir: Path, tokenizer, tex
         if on_result is not None:
             on_result(result)
     settings = {"text": text, "seq_len": seq_len, "max_tokens": max_tokens}
-    return write_report(results, model_dir, out_dir, settings)
+    return write_report(results, model_dir, out_dir, settings, overwrite=overwrite)

@@ -4,15 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mpq_serving.errors import CheckpointError, MPQError
+from mpq_serving.errors import CheckpointError
 from mpq_serving.models import smollm2
-from mpq_serving.models.hf_folder import (
-    OutputExistsError,
-    atomic_folder,
-    cache_root,
-    check_per_expert_names,
-    safetensors_names,
-)
+from mpq_serving.models.hf_folder import cache_root, check_per_expert_names, safetensors_names
 
 
 def test_cache_root_follows_env(monkeypatch, tmp_path):
@@ -21,41 +15,6 @@ def test_cache_root_follows_env(monkeypatch, tmp_path):
     assert smollm2.default_dir() == tmp_path / "smollm2-135m-instruct"
     monkeypatch.delenv("MPQ_CACHE_DIR")
     assert cache_root() == Path.home() / ".cache" / "mpq-serving"
-
-
-def test_atomic_folder_renames_on_success(tmp_path):
-    out = tmp_path / "model"
-    with atomic_folder(out) as tmp:
-        (tmp / "config.json").write_text("{}")
-        assert not out.exists()
-    assert (out / "config.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
-
-
-def test_atomic_folder_leaves_nothing_on_failure(tmp_path):
-    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "model") as tmp:
-        (tmp / "model.safetensors").write_bytes(b"half")
-        raise RuntimeError("interrupted")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_folder_accepts_empty_refuses_nonempty(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with atomic_folder(tmp_path / "empty") as tmp:
-        (tmp / "x").write_text("x")
-    assert (tmp_path / "empty" / "x").is_file()
-    with pytest.raises(MPQError, match="not empty"), atomic_folder(tmp_path / "empty"):
-        pass
-
-
-def test_atomic_folder_reports_a_concurrent_writer(tmp_path):
-    out = tmp_path / "model"
-    with pytest.raises(OutputExistsError, match="someone else"), atomic_folder(out) as tmp:
-        (tmp / "mine").write_text("a")
-        out.mkdir()
-        (out / "theirs").write_text("b")
-    assert [p.name for p in out.iterdir()] == ["theirs"]
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def test_fused_expert_names_are_rejected(tmp_path):
