@@ -20,6 +20,7 @@ from ..formats import QuantizedTensor, get_format
 from ..plan import Plan, resolve
 from ..plan.model_weights import LinearWeight, linear_weights
 from .checkpoint import Checkpoint
+from .folded_scales import reconcile_folded_scales
 from .sources import Located, SourceSet
 
 
@@ -45,6 +46,7 @@ class TrueMixedPrecisionLoader:
             w.name: self.sources.locate(w.name, self.resolved[w.name].spec, w.shape) for w in self.weights
         }
         self.shapes = {w.name: w.shape for w in self.weights}
+        self.folded = reconcile_folded_scales(self.reference, self.located, self.shapes)
 
     def _reference_checkpoint(self) -> Checkpoint:
         """The checkpoint that names the model's modules: the base model, else a float source, else any source."""
@@ -63,6 +65,8 @@ class TrueMixedPrecisionLoader:
         shape = self.shapes[name]
         if loc.quantize_from_base:
             weight = loc.checkpoint.read(loc.tensors["weight"])
+            if name in self.folded.column_scales:  # re-folded onto the norm its neighbours were quantized against
+                weight = (weight.float() * self.folded.column_scales[name]).to(weight.dtype)
             return fmt.quantize(weight, loc.spec, name=f"{loc.checkpoint.path}:{loc.tensors['weight']}")
         tensors = {suffix: loc.checkpoint.read(t) for suffix, t in loc.tensors.items()}
         if "g_idx" in fmt.layout(loc.spec, shape) and "g_idx" not in tensors:
@@ -78,11 +82,12 @@ class TrueMixedPrecisionLoader:
             yield w.name, self.load_module(w.name)
 
     def other_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Everything that is not a linear weight (embeddings, norms, biases), from the reference checkpoint."""
+        """Everything that is not a linear weight (embeddings, norms, biases), from the reference checkpoint,
+        except norms that carry scales folded by a source's tool (see folded_scales.py)."""
         stored_by_linears = self._linear_tensor_names(self.reference)
         for name in self.reference.tensors:
             if name not in stored_by_linears:
-                yield name, self.reference.read(name)
+                yield name, self.folded.norms[name] if name in self.folded.norms else self.reference.read(name)
 
     def _linear_tensor_names(self, ckpt: Checkpoint) -> set[str]:
         suffixes = ("weight", "qweight", "qzeros", "scales", "g_idx", "weight_scale", "weight_scale_inv",
