@@ -37,12 +37,12 @@ def quantize(
 
     folder = resolve_model(model)
     try:
-        kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
-        check_output_folder(output, kind, overwrite=overwrite, inputs=[folder])  # before minutes of calibration
         loaded_plan = load_plan(plan)
         config = QuantizeConfig(method=method, nsamples=nsamples, seq_len=seq_len, calib=calib, damp=damp,
                                 act_order=act_order, static_groups=static_groups, smooth_alpha=smooth_alpha, sparsity=sparsity,
                                 sparsity_pattern=sparsity_pattern, seed=seed)
+        kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
+        check_output_folder(output, kind, overwrite=overwrite, inputs=[folder])  # before minutes of calibration
         result = quantize_model(folder, loaded_plan, config)
         out = write_checkpoint(result, loaded_plan, output, layout=layout, overwrite=overwrite)
     except MPQError as e:

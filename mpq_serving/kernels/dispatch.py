@@ -1,14 +1,17 @@
 """One place that picks the matmul for a packed weight, by format, device, dtype and shape.
 
-A `Kernel` says whether it can run `(q, x)` and why not (`can_run`, cheap: called every forward),
+A `Kernel` says whether it can run `(q, x)` and why not (`can_run`, called when a choice is made),
 optionally turns the packed tensors into the form it computes from (`prepare`, run once per layer),
 and computes `x @ W^T` from that state (`run`).  Kernels are tried in registration order (see
 `kernels/__init__.py`), after the Triton GPU kernel (`kernels/triton`, CUDA only); the last resort
 is the format's float32 torch reference (`Format.matmul`).
 Kernels always see x as 2-D [rows, in]; `linear` flattens and restores the leading dims.
 
-Prepared states live in a `KernelCache` owned by each layer, so a layer repacks once, on its first
-call.  A state is rebuilt when any packed tensor is replaced, moved, cast or modified in place
+Choosing happens once per layer, not per call (as vLLM's `process_weights_after_loading`): a
+`KernelCache` owned by each layer remembers the choice per (activation dtype, device, row bucket) —
+buckets split at every kernel's declared `max_rows`, the only way a choice depends on the batch — and
+a call then only checks the packed tensors are unchanged and runs.  Prepared states live in the same
+cache, so a layer repacks once, on its first call.  A state is rebuilt when any packed tensor is replaced, moved, cast or modified in place
 (tensor identity, device, dtype, shape and version counter), which is all the invalidation a
 `model.to(...)` or `load_state_dict` needs; tensors created under `torch.inference_mode` have no
 version counter, so an in-place edit of those needs `layer.kernel_cache.clear()`.  `linear(x, q)`
@@ -19,6 +22,7 @@ groups are not uniform); the chooser then moves on to the next kernel, and a cac
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 from collections.abc import Callable
@@ -48,6 +52,7 @@ class Kernel:
     can_run: CanRunFn
     run: RunFn
     prepare: PrepareFn | None = None
+    max_rows: int | None = None  # past this many rows can_run declines: a choice is remade across it
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,17 @@ _KERNELS: list[Kernel] = []
 def register_kernel(kernel: Kernel, priority_first: bool = False) -> None:
     """Append a kernel (tried after those registered before it), or put it first."""
     _KERNELS.insert(0, kernel) if priority_first else _KERNELS.append(kernel)
+    _row_limits.cache_clear()
+
+
+@functools.cache
+def _row_limits() -> tuple[int, ...]:
+    return tuple(sorted({k.max_rows for k in registered_kernels() if k.max_rows is not None}))
+
+
+def row_bucket(rows: int) -> int:
+    """Which side of every kernel's `max_rows` a call falls on: calls in one bucket get the same kernel."""
+    return bisect.bisect_left(_row_limits(), rows)
 
 
 def registered_kernels() -> tuple[Kernel, ...]:
@@ -104,11 +120,37 @@ def _signature(q: QuantizedTensor) -> Signature:
     )
 
 
+ChoiceKey = tuple[torch.dtype, torch.device, int]
+
+
+def _call_signature(q: QuantizedTensor) -> Signature:
+    """The per-call check that the packed tensors are unchanged: storage and version (a new device, dtype
+    or shape is a new storage), about 1 µs for a layer's few tensors."""
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in q.tensors.values())
+
+
 class KernelCache:
-    """Prepared states of one layer, per kernel name; a state is rebuilt when the tensors change."""
+    """One layer's kernel choices (per dtype, device and row bucket) and prepared states (per kernel);
+    both are remade when the packed tensors change."""
 
     def __init__(self) -> None:
         self._states: dict[str, tuple[Signature, Any, Unsupported | None]] = {}
+        self._choices: dict[ChoiceKey, Choice] = {}
+        self._signature: Signature | None = None
+
+    def choose(self, q: QuantizedTensor, x: torch.Tensor) -> tuple[Choice, bool]:
+        """The layer's kernel for x [rows, in], chosen on the first call of its kind; (choice, newly chosen)."""
+        sig = _call_signature(q)
+        if sig != self._signature:
+            self._choices.clear()
+            self._signature = sig
+        key = (x.dtype, x.device, row_bucket(x.shape[0]))
+        choice = self._choices.get(key)
+        if choice is not None:
+            return choice, False
+        choice = choose_kernel(q, x, self)
+        self._choices[key] = choice
+        return choice, True
 
     def prepare(self, kernel: Kernel, q: QuantizedTensor) -> Any:
         """The kernel's state for q, prepared on first use; re-raises a cached `Unsupported`."""
@@ -128,6 +170,8 @@ class KernelCache:
 
     def clear(self) -> None:
         self._states.clear()
+        self._choices.clear()
+        self._signature = None
 
 
 def _prepare_uncached(kernel: Kernel, q: QuantizedTensor) -> Any:
@@ -167,8 +211,12 @@ def linear(
 ) -> torch.Tensor:
     """`x @ W^T + b` for a packed W; `cache` (one per layer) keeps prepared states across calls."""
     rows = x.reshape(-1, x.shape[-1])
-    choice = choose_kernel(q, rows, cache)
-    _log_choice(q, rows, choice)
+    if cache is None:
+        choice, new = choose_kernel(q, rows), True
+    else:
+        choice, new = cache.choose(q, rows)
+    if new:
+        _log_choice(q, rows, choice)
     y = choice.kernel.run(rows, q, choice.state)
     y = y.reshape(*x.shape[:-1], y.shape[-1])
     return y if bias is None else y + bias.to(y.dtype)

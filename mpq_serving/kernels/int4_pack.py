@@ -106,4 +106,4 @@ def _run(x: torch.Tensor, q: QuantizedTensor, state: Int4PackState) -> torch.Ten
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), state.packed, state.group, state.scales_zeros)
 
 
-INT4_PACK = Kernel("int4pack (torch tinygemm)", _can_run, _run, _prepare)
+INT4_PACK = Kernel("int4pack (torch tinygemm)", _can_run, _run, _prepare, max_rows=MAX_ROWS)

@@ -51,4 +51,4 @@ def _run(x: torch.Tensor, q: QuantizedTensor, state: tuple[torch.Tensor, torch.T
     return torch.ops.aten._weight_int8pack_mm(aligned(x), weight, scales)
 
 
-INT8_PACK = Kernel("int8pack (torch W8A16)", _can_run, _run, _prepare)
+INT8_PACK = Kernel("int8pack (torch W8A16)", _can_run, _run, _prepare, max_rows=MAX_ROWS)

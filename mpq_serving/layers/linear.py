@@ -27,11 +27,16 @@ class MixedPrecisionLinear(nn.Module):
             self.register_buffer(suffix, tensor)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.kernel_cache = KernelCache()
+        self._qtensor: QuantizedTensor | None = None
 
     @property
     def qtensor(self) -> QuantizedTensor:
-        return QuantizedTensor(self.spec, (self.out_features, self.in_features),
-                               {s: getattr(self, s) for s in self._suffixes})
+        """The buffers as a QuantizedTensor, rebuilt only when a buffer is replaced (`.to()`, assignment)."""
+        cached = self._qtensor
+        if cached is None or any(cached.tensors[s] is not self._buffers[s] for s in self._suffixes):
+            cached = self._qtensor = QuantizedTensor(self.spec, (self.out_features, self.in_features),
+                                                     {s: self._buffers[s] for s in self._suffixes})
+        return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.qtensor, self.bias, self.kernel_cache)
