@@ -181,8 +181,9 @@ def _apply_umask(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-class Terminated(BaseException):
-    """SIGTERM while writing an output: unwinds like Ctrl-C so the temporary is removed."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while writing an output: unwinds exactly as Ctrl-C does (temporary removed, the CLI says
+    "Aborted!" and exits 1, no traceback)."""
 
 
 @contextmanager

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..errors import CheckpointError, FormatError
+from ..errors import CheckpointError, FormatError, PlanError
 from ..formats import QuantizedTensor, get_format
-from ..plan import Plan, resolve
+from ..plan import Plan, resolve, unmatched_rules
 from ..plan.model_weights import LinearWeight, linear_weights
 from .checkpoint import Checkpoint
 from .folded_scales import reconcile_folded_scales
@@ -41,7 +41,14 @@ class TrueMixedPrecisionLoader:
         self.sources = SourceSet(plan.sources, base)
         self.reference = self._reference_checkpoint()
         self.weights: list[LinearWeight] = linear_weights(self.reference)
-        self.resolved = resolve(plan, [w.name for w in self.weights])
+        names = [w.name for w in self.weights]
+        unmatched = unmatched_rules(plan, names)
+        if unmatched:  # the same refusal as `mpq plan validate`, for every command that loads a plan
+            listed = ", ".join(f"overrides[{i}] {plan.overrides[i].pattern!r}" for i in unmatched[:5])
+            more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+            raise PlanError(f"{listed}{more}: matches no weight of {self.reference.path} "
+                            "(a typo, or a plan written for another model?)")
+        self.resolved = resolve(plan, names)
         self.located: dict[str, Located] = {
             w.name: self.sources.locate(w.name, self.resolved[w.name].spec, w.shape) for w in self.weights
         }
