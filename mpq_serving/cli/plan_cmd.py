@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import MPQError
@@ -32,7 +33,7 @@ def validate(plan: Path = PlanArg, model: str = ModelOpt) -> None:
     except MPQError as e:
         fail(str(e))
     for p in problems:
-        err.print(f"[red]problem:[/] {p}", soft_wrap=True)
+        err.print(f"[red]problem:[/] {escape(p)}", soft_wrap=True)
     if problems:
         fail(f"{plan}: {len(problems)} problem(s)")
     console.print(f"{plan}: valid for {model}")

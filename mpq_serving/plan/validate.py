@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MPQError
+from ..loaders.checkpoint import Checkpoint
+from ..loaders.expected_weights import check_against_config
 from ..loaders.sources import SourceSet
 from .model_weights import linear_weights
 from .resolve import resolve, unmatched_rules
@@ -16,6 +18,7 @@ def validate_plan(plan: Plan, model_dir: str | Path) -> list[str]:
     problems: list[str] = []
     try:
         weights = linear_weights(model_dir)
+        check_against_config(Checkpoint(model_dir), weights)
         names = [w.name for w in weights]
         for i in unmatched_rules(plan, names):
             problems.append(f"overrides[{i}] pattern {plan.overrides[i].pattern!r} matches no weight of {model_dir}")

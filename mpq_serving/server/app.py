@@ -152,13 +152,16 @@ class Engine:
                 400, f"logit_bias names a token id outside the vocabulary ({self.lm.vocab_size}).", "logit_bias"
             )
         rng = self.lm.rng(request.seed)
+        defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, **self.lm.sampling_defaults}
+        chosen = {k: v if (v := getattr(request, k)) is not None else defaults[k] for k in defaults}
         gens = []
         for ids, max_tokens in prompts:
             params = SamplingParams(
                 max_tokens=max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                top_k=request.top_k,
+                temperature=chosen["temperature"],
+                top_p=chosen["top_p"],
+                top_k=int(chosen["top_k"]),
+                repetition_penalty=chosen["repetition_penalty"],
                 stop=request.stop_strings,
                 logprobs=logprobs,
                 prompt_logprobs=prompt_logprobs,

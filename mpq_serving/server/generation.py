@@ -9,8 +9,10 @@ before temperature, penalties or truncation), as vLLM reports them by default.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,8 +38,23 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     logit_bias: Mapping[int, float] | None = None
     ignore_eos: bool = False
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+"""The generation_config.json entries a request falls back to (vLLM's `--generation-config auto`)."""
+
+
+def sampling_defaults(folder: str | Path) -> dict[str, float]:
+    """The sampling defaults the model's folder declares in generation_config.json; {} when none."""
+    path = Path(folder) / "generation_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return {k: data[k] for k in SAMPLING_KEYS if isinstance(data.get(k), (int, float))}
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class LanguageModel:
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = frozenset(i for i in [*eos_ids, tokenizer.eos_token_id] if i is not None)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.sampling_defaults = sampling_defaults(getattr(model.config, "_name_or_path", "") or "")
 
     def forward(self, ids: Sequence[int], cache: Cache | None, all_logits: bool) -> tuple[torch.Tensor, Cache]:
         """Feed `ids` after what `cache` holds; float32 logits of every position, or only the last."""
@@ -235,6 +253,11 @@ class Generation:
             logits = logits + self._bias
         if self._counts is not None:
             logits = logits - p.frequency_penalty * self._counts - p.presence_penalty * (self._counts > 0)
+        if p.repetition_penalty != 1.0:  # vLLM's: over prompt and output tokens, divides positive logits
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            seen[torch.tensor(self.ids, device=logits.device)] = True
+            penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+            logits = torch.where(seen, penalised, logits)
         if p.temperature < SAMPLING_EPS:
             return int(logits.argmax())
         logits = logits / p.temperature

@@ -47,9 +47,11 @@ class SamplingRequest(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model: str
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1, description="vLLM extension; -1 or 0 disables it.")
+    # Unset sampling fields take the model's generation_config.json defaults, then 1.0 / 1.0 / -1 / 1.0 (as vLLM).
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension; -1 or 0 disables it.")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="vLLM extension; 1.0 disables it.")
     seed: int | None = None
     stop: StopString | list[StopString] | None = None
     n: int = Field(1, ge=1, le=128)

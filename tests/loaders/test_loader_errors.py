@@ -137,3 +137,24 @@ def test_sharded_checkpoint_with_index_loads(tmp_path, llama):
     (llama / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="names shard model-00002-of-00002.safetensors, which is missing"):
         load_model(plan_from_dict({"default": {"wq": "int8"}}), llama, progress=False)
+
+
+def test_a_base_tensor_with_the_wrong_shape_is_refused_before_packing(tmp_path, llama):
+    tensors = load_file(str(llama / "model.safetensors"))
+    tensors["model.layers.1.self_attn.o_proj.weight"] = tensors["model.layers.1.self_attn.o_proj.weight"][:, :64].contiguous()
+    save_file(tensors, str(llama / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.layers.1.self_attn.o_proj.weight has shape \(128, 64\), "
+                                              r"but config.json makes it \(128, 128\)"):
+        pack(plan_from_dict({"default": {"wq": "int8"}}), tmp_path / "out", llama, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_tensor_missing_is_refused_naming_it(tmp_path, llama):
+    tensors = load_file(str(llama / "model.safetensors"))
+    del tensors["model.layers.0.mlp.up_proj.weight"]
+    save_file(tensors, str(llama / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing: model.layers.0.mlp.up_proj.weight"):
+        TrueMixedPrecisionLoader(plan_from_dict({"default": {"wq": "int8"}}), llama)
+    from mpq_serving.plan.validate import validate_plan
+
+    assert any("model.layers.0.mlp.up_proj.weight" in p for p in validate_plan(plan_from_dict({"default": {"wq": "int8"}}), llama))

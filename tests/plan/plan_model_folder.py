@@ -14,8 +14,18 @@ HIDDEN, INTER, EXPERTS = 256, 512, 4
 def write_model(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config or {"model_type": "llama"}))
+    (folder / "config.json").write_text(json.dumps(config or default_config(tensors)))
     return folder
+
+
+def default_config(tensors: dict[str, torch.Tensor]) -> dict:
+    """The config.json these tensors are a model of (shapes are checked against it)."""
+    common = {"hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "head_dim": HIDDEN // 4, "vocab_size": 64, "tie_word_embeddings": False}
+    if any(".experts." in name for name in tensors):
+        return {"model_type": "qwen3_moe", **common, "num_experts": EXPERTS, "num_experts_per_tok": 2,
+                "moe_intermediate_size": INTER}
+    return {"model_type": "llama", **common}
 
 
 def tiny_tensors(moe: bool = False) -> dict[str, torch.Tensor]:

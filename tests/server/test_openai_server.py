@@ -325,3 +325,21 @@ def test_server_errors_are_500_and_the_server_survives(
     assert "kernel exploded" in json.loads(events[0])["error"]["message"] and events[-1] == "[DONE]"
     monkeypatch.undo()
     assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2).choices[0].finish_reason is not None
+
+
+def test_unset_sampling_fields_take_the_models_generation_config(model, tokenizer, tmp_path) -> None:
+    """As vLLM does by default: a request without temperature uses generation_config.json's (greedy here)."""
+    import copy
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "top_k": 5}))
+    served = copy.deepcopy(model)
+    served.config._name_or_path = str(tmp_path)
+    with serve_in_background(served, tokenizer, MODEL) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        kwargs = {"model": MODEL, "prompt": "The quick", "max_tokens": 12}
+        greedy = client.completions.create(**kwargs, temperature=0.0).choices[0].text
+        defaults = {client.completions.create(**kwargs, seed=s).choices[0].text for s in (1, 2, 3)}
+        sampled = {client.completions.create(**kwargs, seed=s, temperature=1.0,
+                                                    extra_body={"top_k": 0}).choices[0].text for s in (1, 2, 3)}
+    assert defaults == {greedy}
+    assert len(sampled) > 1  # an explicit field still wins over the default
