@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import CheckpointError, FormatError
 from ..formats import QuantSpec, get_format
 from .checkpoint import Checkpoint
@@ -83,6 +85,8 @@ class SourceSet:
     def _from_source(self, ckpt: Checkpoint, src_fmt: str, module: str, spec: QuantSpec, shape) -> Located:
         where = str(ckpt.path)
         stored = module_spec(ckpt.quantization_config, module, where)
+        if stored is not None and _stored_as_float(ckpt, module):
+            stored = None  # e.g. AutoAWQ's lm_head: its config lists no modules_to_not_convert, yet it is not quantized
         if stored is None:
             if spec.format not in _FLOAT_FORMATS:
                 raise CheckpointError(
@@ -128,6 +132,14 @@ class SourceSet:
         except FormatError as e:
             raise CheckpointError(str(e)) from None
         return Located(module, spec, ckpt, True, {"weight": name})
+
+
+def _stored_as_float(ckpt: Checkpoint, module: str) -> bool:
+    """A plain floating-point `weight` and no packed tensor: the tool left this module unquantized."""
+    name = f"{module}.weight"
+    if name not in ckpt or ckpt.info(name).dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return False
+    return not any(f"{module}.{s}" in ckpt for s in ("qweight", "weight_packed", "weight_scale", "weight_scale_inv"))
 
 
 def _stored_name(ckpt: Checkpoint, module: str, suffix: str) -> str | None:

@@ -99,6 +99,7 @@ def prepare_smollm2(out: Path | None = None, progress: bool = True) -> Path:
     """
     out = Path(out) if out is not None else default_dir()
     if is_complete(out):
+        _add_recommended_sampling(out)
         return out
     try:
         _build(out, progress)
@@ -106,6 +107,17 @@ def prepare_smollm2(out: Path | None = None, progress: bool = True) -> Path:
         if not is_complete(out):  # not a concurrent build of the same folder (e.g. pytest -n 2): a real clash
             raise
     return out
+
+
+def _add_recommended_sampling(folder: Path) -> None:
+    """Folders built before the sampling defaults existed get them (this cache folder is ours to update)."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text())
+    if all(config.get(k) == v for k, v in RECOMMENDED_SAMPLING.items()):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({**config, **RECOMMENDED_SAMPLING}, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _build(out: Path, progress: bool) -> None:

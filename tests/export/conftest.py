@@ -8,7 +8,7 @@ import pytest
 
 HERE = Path(__file__).parent
 TINY_PLAN = HERE / "tiny_mixed_plan.yaml"
-SMOLLM2_CT_PLAN = HERE / "smollm2_ct_plan.yaml"
+SMOLLM2_CT_PLAN = HERE.parents[1] / "configs" / "smollm2_ct.yaml"
 
 
 @pytest.fixture(scope="session")

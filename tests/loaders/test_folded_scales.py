@@ -21,8 +21,9 @@ from mpq_serving.plan import plan_from_dict
 from mpq_serving.plan.model_weights import linear_weights
 
 TOKENS = torch.tensor([[1, 5, 9, 17, 33, 2, 60, 71]])
+# As AutoAWQ writes it: no modules_to_not_convert, though lm_head is stored unquantized.
 AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm",
-              "modules_to_not_convert": ["lm_head"]}
+              "modules_to_not_convert": None}
 GPTQ_CONFIG = {"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": False, "sym": True}
 
 

