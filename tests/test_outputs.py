@@ -8,7 +8,13 @@ import stat
 
 import pytest
 
-from mpq_serving.outputs import MARKER_FILE, OutputExistsError, check_output_folder, output_file, output_folder
+from mpq_serving.outputs import (
+    MARKER_FILE,
+    OutputExistsError,
+    check_output_folder,
+    output_file,
+    output_folder,
+)
 
 
 def _mode(path) -> int:

@@ -30,9 +30,9 @@ def resolve_model(arg: str | Path) -> Path:
 
         return prepare_smollm2()
     if text == "smollm2-moe":
-        from ..outputs import OutputExistsError
         from ..models.smollm2 import prepare_smollm2
         from ..models.upcycle import upcycle
+        from ..outputs import OutputExistsError
 
         dense = prepare_smollm2()
         out = dense.parent / "smollm2-135m-moe-e8-top2"

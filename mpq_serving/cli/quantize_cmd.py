@@ -30,10 +30,10 @@ def quantize(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Quantize MODEL layer by layer under PLAN and write OUTPUT (records how each layer was made)."""
-    from ..loaders.pack import CHECKPOINT_KIND
     from ..outputs import check_output_folder
     from ..plan import load_plan
     from ..quantize import QuantizeConfig, quantize_model, write_checkpoint
+    from ..quantize.writer import checkpoint_kind
 
     folder = resolve_model(model)
     try:
@@ -41,8 +41,7 @@ def quantize(
         config = QuantizeConfig(method=method, nsamples=nsamples, seq_len=seq_len, calib=calib, damp=damp,
                                 act_order=act_order, static_groups=static_groups, smooth_alpha=smooth_alpha, sparsity=sparsity,
                                 sparsity_pattern=sparsity_pattern, seed=seed)
-        kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
-        check_output_folder(output, kind, overwrite=overwrite, inputs=[folder])  # before minutes of calibration
+        check_output_folder(output, checkpoint_kind(layout), overwrite=overwrite, inputs=[folder])  # before minutes of calibration
         result = quantize_model(folder, loaded_plan, config)
         out = write_checkpoint(result, loaded_plan, output, layout=layout, overwrite=overwrite)
     except MPQError as e:

@@ -11,7 +11,8 @@ Choosing happens once per layer, not per call (as vLLM's `process_weights_after_
 `KernelCache` owned by each layer remembers the choice per (activation dtype, device, row bucket) —
 buckets split at every kernel's declared `max_rows`, the only way a choice depends on the batch — and
 a call then only checks the packed tensors are unchanged and runs.  Prepared states live in the same
-cache, so a layer repacks once, on its first call.  A state is rebuilt when any packed tensor is replaced, moved, cast or modified in place
+cache, so a layer repacks once, on its first call.  A state is rebuilt when any packed tensor is
+replaced, moved, cast or modified in place
 (tensor identity, device, dtype, shape and version counter), which is all the invalidation a
 `model.to(...)` or `load_state_dict` needs; tensors created under `torch.inference_mode` have no
 version counter, so an in-place edit of those needs `layer.kernel_cache.clear()`.  `linear(x, q)`
@@ -52,7 +53,7 @@ class Kernel:
     can_run: CanRunFn
     run: RunFn
     prepare: PrepareFn | None = None
-    max_rows: int | None = None  # past this many rows can_run declines: a choice is remade across it
+    max_rows: int | None = None  # past this many rows the next kernel is faster (the chooser skips it)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,9 @@ def choose_kernel(q: QuantizedTensor, x: torch.Tensor, cache: KernelCache | None
     """The first kernel that can run (q, x [rows, in]) and prepare q, with its state and the reasons."""
     skipped = []
     for kernel in registered_kernels():
+        if kernel.max_rows is not None and x.shape[0] > kernel.max_rows:
+            skipped.append(f"{kernel.name}: {x.shape[0]} rows > {kernel.max_rows}: the next kernel is faster")
+            continue
         ok, reason = kernel.can_run(q, x)
         if not ok:
             skipped.append(f"{kernel.name}: {reason}")

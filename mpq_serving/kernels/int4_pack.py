@@ -68,8 +68,6 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
     if why:
         return False, why + ("" if q.format not in INT4_FORMATS else " (only bf16 is vectorized)")
     out_f = q.shape[0]
-    if x.shape[0] > MAX_ROWS:
-        return False, f"{x.shape[0]} rows > {MAX_ROWS}: dequantize + bf16 GEMM is faster"
     if out_f % 16:
         return False, f"out_features {out_f} is not a multiple of 16"
     size = group_size(q)

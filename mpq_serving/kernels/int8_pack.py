@@ -31,8 +31,6 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
     why = cpu_weight_only(q, x, frozenset({"int8"}), (torch.bfloat16,))
     if why:
         return False, why + ("" if q.format != "int8" else " (only bf16 is vectorized)")
-    if x.shape[0] > MAX_ROWS:
-        return False, f"{x.shape[0]} rows > {MAX_ROWS}: dequantize + bf16 GEMM is faster"
     return True, "torch _weight_int8pack_mm"
 
 

@@ -9,6 +9,8 @@ must hold.  Architectures transformers does not know are not checked here (loadi
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
 
@@ -21,8 +23,9 @@ from .checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
-_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)$")
-_ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+# A per-expert projection as checkpoints name it, and its role (Mixtral's w1/w3/w2 included).
+EXPERT_NAME = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)$")
+EXPERT_ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 
 def check_against_config(ckpt: Checkpoint, weights: list[LinearWeight]) -> None:
@@ -47,15 +50,21 @@ def expected_linears(ckpt: Checkpoint) -> dict[str, tuple[int, int]] | None:
     """Linear weight name (experts as `<experts>.<e>.<gate|up|down>`) → (out, in), or None when unknown."""
     if not ckpt.config or ckpt.path.is_file():
         return None
+    return _expected_for(str(ckpt.path), json.dumps(ckpt.config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_for(path: str, config_json: str) -> dict[str, tuple[int, int]] | None:
+    """Cached per folder and config: searches and reports build a loader per plan on the same model."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(ckpt.path)
+        config = AutoConfig.from_pretrained(path)
         config.__dict__.pop("quantization_config", None)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:  # noqa: BLE001 - an architecture transformers cannot build is simply not checked
-        logger.info("%s: not checked against config.json (%s)", ckpt.path, e)
+        logger.info("%s: not checked against config.json (%s)", path, e)
         return None
     tied = bool(getattr(config, "tie_word_embeddings", False))
     out: dict[str, tuple[int, int]] = {}
@@ -87,5 +96,5 @@ def _fused_experts(name: str, module: nn.Module) -> dict[str, tuple[int, int]]:
 def _key(name: str) -> str:
     """One spelling for checkpoint and model names: Mixtral's block_sparse_moe, experts by role."""
     name = name.replace(".block_sparse_moe.", ".mlp.")
-    m = _EXPERT.match(name)
-    return f"{m['prefix']}.{m['e']}.{_ROLE[m['proj']]}" if m else name
+    m = EXPERT_NAME.match(name)
+    return f"{m['prefix']}.{m['e']}.{EXPERT_ROLE[m['proj']]}" if m else name

@@ -20,6 +20,7 @@ otherwise.  A source that declares nothing (GPTQ, FP8) is taken to have folded n
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ import torch
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint
 from .sources import Located
+
+logger = logging.getLogger(__name__)
 
 # Model types whose RMSNorm computes x̂·(1 + weight): their effective scale is 1 + the stored weight.
 _OFFSET_NORMS = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text")
@@ -47,7 +50,6 @@ class FoldedScales:
 
     norms: dict[str, torch.Tensor] = field(default_factory=dict)  # norm tensor name -> tensor to write
     column_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> factor per input column
-    notes: list[str] = field(default_factory=list)
 
 
 def reconcile_folded_scales(reference: Checkpoint, located: dict[str, Located],
@@ -84,12 +86,13 @@ def norm_consumers(reference: Checkpoint, located: dict[str, Located]) -> dict[s
 
 def _reconcile_norm(norm: str, consumers: list[str], reference: Checkpoint, located: dict[str, Located],
                     offset: float, result: FoldedScales) -> None:
-    copies: dict[Path, torch.Tensor] = {}
+    ref = reference.read(norm)
+    copies: dict[Path, torch.Tensor] = {reference.path: ref.float()}
 
     def own(module: str) -> torch.Tensor:
         ckpt = located[module].checkpoint
         if ckpt.path not in copies:
-            copies[ckpt.path] = (ckpt.read(norm) if norm in ckpt else reference.read(norm)).float()
+            copies[ckpt.path] = ckpt.read(norm).float() if norm in ckpt else copies[reference.path]
         return copies[ckpt.path]
 
     stored = [c for c in consumers if not located[c].quantize_from_base]
@@ -104,9 +107,8 @@ def _reconcile_norm(norm: str, consumers: list[str], reference: Checkpoint, loca
             "quantized against different versions of this norm (AWQ / SmoothQuant folded different scales into "
             "it); take every linear this norm feeds from one source, or quantize the others from the base model")
     chosen = required[0][1] if required else own(consumers[0])
-    ref = reference.read(norm)
     if not all(_same(own(c), chosen) for c in consumers) and not required:
-        chosen = ref.float()  # float consumers only, from differently folded checkpoints: back to the reference
+        chosen = copies[reference.path]  # float consumers only, from differently folded checkpoints: back to the reference
     effective_chosen = chosen + offset
     for c in consumers:
         if located[c].quantize_from_base and not _same(own(c), chosen):
@@ -117,7 +119,7 @@ def _reconcile_norm(norm: str, consumers: list[str], reference: Checkpoint, loca
     if not _same(chosen, ref.float()):
         result.norms[norm] = chosen.to(ref.dtype)
         source = next(located[c].checkpoint.path for c in consumers if _same(own(c), chosen))
-        result.notes.append(f"{norm} from {source} (scales folded by its tool)")
+        logger.info("%s from %s (scales folded by its tool)", norm, source)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -9,7 +9,6 @@ checkpoint.  This HF path is the reference the engine plugins are compared to.
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +23,12 @@ from ..layers.linear import MixedPrecisionLinear
 from ..layers.moe import MixedPrecisionExpert, MixedPrecisionExperts
 from ..plan import Plan, load_plan
 from .checkpoint import Checkpoint
+from .expected_weights import EXPERT_NAME as _EXPERT
+from .expected_weights import EXPERT_ROLE as _ROLE
 from .pack import QUANT_METHOD
 from .source_config import spec_from_dict
 from .true_mixed import TrueMixedPrecisionLoader
 
-_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)$")
-_ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 _FLOAT = {"bf16", "fp16", "fp32"}
 
 

@@ -27,7 +27,13 @@ from typing import Any, Literal
 from ..errors import MPQError
 from ..formats import get_format
 from ..loaders.checkpoint import Checkpoint
-from ..loaders.pack import CHECKPOINT_KIND, FORMAT_VERSION, QUANT_METHOD, ShardWriter, copy_side_files
+from ..loaders.pack import (
+    CHECKPOINT_KIND,
+    FORMAT_VERSION,
+    QUANT_METHOD,
+    ShardWriter,
+    copy_side_files,
+)
 from ..loaders.source_config import spec_to_dict
 from ..outputs import output_folder
 from ..plan import Plan, is_protected, plan_to_json_dict
@@ -35,6 +41,11 @@ from .sequential import QuantizedModel
 
 Layout = Literal["mpq", "gptq", "awq"]
 _FLOAT = {"bf16", "fp16", "fp32"}
+
+
+def checkpoint_kind(layout: Layout) -> str:
+    """The output kind (see outputs.py) of a `layout` folder: `--overwrite` replaces only the same kind."""
+    return CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
 
 
 def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, layout: Layout = "mpq",
@@ -54,8 +65,7 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
     else:
         qconfig = awq_config(result)
 
-    kind = CHECKPOINT_KIND if layout == "mpq" else f"{layout}-checkpoint"
-    with output_folder(output, kind, overwrite=overwrite, inputs=[result.model_dir]) as tmp:
+    with output_folder(output, checkpoint_kind(layout), overwrite=overwrite, inputs=[result.model_dir]) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
         owned = set()
         for name, q in result.modules.items():

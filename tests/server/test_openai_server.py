@@ -343,3 +343,21 @@ def test_unset_sampling_fields_take_the_models_generation_config(model, tokenize
                                                     extra_body={"top_k": 0}).choices[0].text for s in (1, 2, 3)}
     assert defaults == {greedy}
     assert len(sampled) > 1  # an explicit field still wins over the default
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens(model, tokenizer) -> None:
+    """vLLM's rule, over prompt and output tokens: greedy moves off a seen token only through the penalty."""
+    from mpq_serving.server.generation import Generation, LanguageModel, SamplingParams
+
+    lm = LanguageModel(model, tokenizer)
+
+    def greedy(penalty: float, logits: list[float]) -> int:
+        gen = Generation(lm, [3, 7], SamplingParams(max_tokens=1, temperature=0.0, repetition_penalty=penalty), lm.rng(0))
+        full = torch.full((lm.vocab_size,), -5.0)
+        full[[3, 4, 7, 8]] = torch.tensor(logits)
+        return gen._sample(full)
+
+    assert greedy(1.0, [2.0, 1.5, -5.0, -5.0]) == 3
+    assert greedy(2.0, [2.0, 1.5, -5.0, -5.0]) == 4  # seen 3: 2.0 / 2 = 1.0 < 1.5
+    assert greedy(1.0, [-5.0, -5.0, -0.1, -0.15]) == 7
+    assert greedy(2.0, [-5.0, -5.0, -0.1, -0.15]) == 8  # seen 7: -0.1 * 2 = -0.2 < -0.15
