@@ -24,6 +24,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     served_name: str | None = typer.Option(None, "--served-model-name", help="Name clients use (default: folder name)."),
+    max_num_seqs: int = typer.Option(
+        32, "--max-num-seqs", min=1, help="--engine hf: sequences decoded together at most (continuous batching)."
+    ),
+    max_waiting: int = typer.Option(
+        128, "--max-waiting", min=0, help="--engine hf: sequences that may wait for a slot; beyond, 503 + Retry-After."
+    ),
     engine_args: list[str] | None = typer.Argument(None, help="After `--`: extra arguments for the engine's server."),
 ) -> None:
     """Serve with the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming)."""
@@ -52,7 +58,7 @@ def serve(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (MPQError, OSError) as e:
         fail(str(e))
-    run_server(loaded, tokenizer, name, host, port)
+    run_server(loaded, tokenizer, name, host, port, max_num_seqs=max_num_seqs, max_waiting=max_waiting)
 
 
 def _serve_engine(engine: Engine, model_or_plan: str, model: str | None, host: str, port: int,

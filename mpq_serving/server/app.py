@@ -1,20 +1,20 @@
 """FastAPI app of the embedded OpenAI-compatible server (for machines without vLLM or SGLang).
 
-One generation runs at a time, behind an asyncio lock; each decoding step runs in a worker
-thread, so the event loop keeps accepting, validating, queueing and streaming while the model
-works. Everything a request can get wrong is rejected before the response starts, so streamed
-answers only fail for server faults, which arrive as an error event before `[DONE]`.
+Requests are decoded together by the continuous-batching scheduler (`scheduler.py`); the model
+runs in a worker thread, so the event loop keeps accepting, validating, queueing and streaming.
+Everything a request can get wrong is rejected before the response starts, so streamed answers
+only fail for server faults, which arrive as an error event before `[DONE]`. A client that goes
+away (a closed stream or a dropped non-streaming request) frees its batch slot at the next step.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import aclosing
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import aclosing, asynccontextmanager
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .generation import Delta, Generation, LanguageModel, SamplingParams, TokenLogprob
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
     AssistantMessage,
     ChatChoice,
@@ -50,6 +51,17 @@ from .protocol import (
     TopLogprob,
     Usage,
 )
+from .scheduler import Overloaded, Scheduler, Submission
+
+DEFAULT_MAX_NUM_SEQS = 32
+"""Sequences decoded together at most; more wait (vLLM's --max-num-seqs)."""
+
+DEFAULT_MAX_WAITING = 128
+"""Sequences allowed to wait for a slot; beyond, requests get 503 with Retry-After."""
+
+RETRY_AFTER_SECONDS = 1
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +72,17 @@ MIN_LOGPROB = -9999.0
 class APIError(Exception):
     """A request the server refuses; becomes an OpenAI-style error body with this status."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
 
 def _error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
@@ -70,17 +90,24 @@ def _error_body(status: int, message: str, param: str | None = None, code: str |
     return ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
 
 
-def _error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(_error_body(status, message, param, code).model_dump(), status_code=status)
+def _error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(_error_body(status, message, param, code).model_dump(), status_code=status, headers=headers)
 
 
 class Engine:
-    """The model behind its lock, plus turning requests into prompts and sampling parameters."""
+    """The model behind its scheduler, plus turning requests into prompts and sampling parameters."""
 
-    def __init__(self, lm: LanguageModel, model_name: str) -> None:
+    def __init__(self, lm: LanguageModel, model_name: str, max_num_seqs: int, max_waiting: int) -> None:
         self.lm = lm
         self.model_name = model_name
-        self.lock = asyncio.Lock()
+        self.metrics = ServerMetrics(model_name)
+        self.scheduler = Scheduler(lm, self.metrics, max_num_seqs, max_waiting)
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
@@ -146,12 +173,12 @@ class Engine:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
     ) -> list[Generation]:
-        """`request.n` sequences per (prompt ids, max_tokens), sharing one seeded random generator."""
+        """`request.n` sequences per (prompt ids, max_tokens); the i-th sample of a seeded request draws
+        from seed + i (vLLM's rule), so each replays whatever it is batched with."""
         if request.logit_bias and max(request.logit_bias) >= self.lm.vocab_size:
             raise APIError(
                 400, f"logit_bias names a token id outside the vocabulary ({self.lm.vocab_size}).", "logit_bias"
             )
-        rng = self.lm.rng(request.seed)
         defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, **self.lm.sampling_defaults}
         chosen = {k: v if (v := getattr(request, k)) is not None else defaults[k] for k in defaults}
         gens = []
@@ -170,25 +197,29 @@ class Engine:
                 logit_bias=request.logit_bias,
                 ignore_eos=request.ignore_eos,
             )
-            gens.extend(Generation(self.lm, ids, params, rng) for _ in range(request.n))
+            seeds = [None if request.seed is None else request.seed + i for i in range(request.n)]
+            gens.extend(Generation(self.lm, ids, params, self.lm.rng(seed)) for seed in seeds)
         return gens
 
-    async def run(self, gens: Sequence[Generation]) -> AsyncIterator[tuple[int, Delta]]:
-        """Step the sequences in turn, one token per worker-thread hop, holding the model throughout.
+    def submit(self, gens: Sequence[Generation]) -> Submission:
+        """Queue the sequences before any response starts, so a full server answers 503 + Retry-After."""
+        try:
+            return self.scheduler.submit(gens)
+        except Overloaded as exc:
+            raise APIError(503, str(exc), code="server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
 
-        A cancelled hop still waits for its thread, so the lock never frees while the model runs.
-        """
-        async with self.lock:
-            for index, gen in enumerate(gens):
-                while gen.finish_reason is None:
-                    delta = await anyio.to_thread.run_sync(gen.step)
-                    if delta is not None:
-                        yield index, delta
+    async def run(self, submission: Submission) -> AsyncIterator[tuple[int, Delta]]:
+        """(sequence index, delta) as the batch produces them; closing early cancels the sequences."""
+        try:
+            async for event in submission.deltas():
+                yield event
+        finally:
+            self.scheduler.cancel(submission)
 
-    async def run_to_end(self, gens: Sequence[Generation]) -> list[list[TokenLogprob]]:
+    async def run_to_end(self, submission: Submission) -> list[list[TokenLogprob]]:
         """Run without streaming; the text and finish reason stay on each generation, logprobs come back."""
-        logprobs: list[list[TokenLogprob]] = [[] for _ in gens]
-        async with aclosing(self.run(gens)) as events:
+        logprobs: list[list[TokenLogprob]] = [[] for _ in submission.gens]
+        async with aclosing(self.run(submission)) as events:
             async for index, delta in events:
                 logprobs[index].extend(delta.logprobs)
         return logprobs
@@ -279,6 +310,37 @@ async def _sse_stream(events: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
     yield format_sse_event(data_str="[DONE]")
 
 
+class ClientGone(Exception):
+    """The client of a non-streaming request disconnected before its answer was ready."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it when the client disconnects first (vLLM's `with_cancellation`)."""
+    result: list[T] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as group:
+
+        async def finish() -> None:
+            try:
+                result.append(await work)
+            except Exception as exc:  # raised as itself below, not inside an exception group
+                failure.append(exc)
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(finish)
+        group.start_soon(watch)
+    if failure:
+        raise failure[0]
+    if not result:
+        raise ClientGone
+    return result[0]
+
+
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
@@ -293,7 +355,7 @@ class _GuardedRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (APIError, RequestValidationError, HTTPException):
+            except (APIError, ClientGone, RequestValidationError, HTTPException):
                 raise
             except Exception as exc:
                 logger.exception("request failed")
@@ -311,6 +373,11 @@ async def health() -> Response:
     return Response(status_code=200)
 
 
+@router.get("/metrics")
+async def metrics(engine: EngineDep) -> Response:
+    return Response(engine.metrics.render(), media_type=CONTENT_TYPE)
+
+
 @router.get("/v1/models")
 async def list_models(engine: EngineDep) -> ModelList:
     name = engine.model_name
@@ -318,12 +385,15 @@ async def list_models(engine: EngineDep) -> ModelList:
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses={400: {"model": ErrorResponse}})
-async def create_completion(body: CompletionRequest, engine: EngineDep) -> Response | CompletionResponse:
+async def create_completion(
+    body: CompletionRequest, engine: EngineDep, request: Request
+) -> Response | CompletionResponse:
     engine.check_model(body.model)
     prompts = engine.completion_prompts(body.prompt)
     budgets = [(ids, engine.fit_max_tokens(len(ids), body.max_tokens, "prompt")) for ids, _ in prompts]
     echo_logprobs = body.logprobs if body.echo else None
     gens = engine.generations(body, budgets, body.logprobs, echo_logprobs)
+    submission = engine.submit(gens)
     echoes = [text if body.echo else None for _, text in prompts for _ in range(body.n)]
     pieces = [_CompletionPieces(gen, echo, body.logprobs is not None) for gen, echo in zip(gens, echoes, strict=True)]
     request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -331,7 +401,7 @@ async def create_completion(body: CompletionRequest, engine: EngineDep) -> Respo
     if body.stream:
 
         async def chunks() -> AsyncIterator[CompletionResponse]:
-            async with aclosing(engine.run(gens)) as events:
+            async with aclosing(engine.run(submission)) as events:
                 async for index, delta in events:
                     text, logprobs = pieces[index](delta.text, delta.logprobs)
                     choice = CompletionChoice(
@@ -348,7 +418,7 @@ async def create_completion(body: CompletionRequest, engine: EngineDep) -> Respo
 
         return EventSourceResponse(_sse_stream(chunks()))
 
-    collected = await engine.run_to_end(gens)
+    collected = await _unless_disconnected(request, engine.run_to_end(submission))
     choices = []
     for index, gen in enumerate(gens):
         text, logprobs = pieces[index](gen.text, collected[index])
@@ -362,12 +432,15 @@ async def create_completion(body: CompletionRequest, engine: EngineDep) -> Respo
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={400: {"model": ErrorResponse}})
-async def create_chat_completion(body: ChatCompletionRequest, engine: EngineDep) -> Response | ChatCompletionResponse:
+async def create_chat_completion(
+    body: ChatCompletionRequest, engine: EngineDep, request: Request
+) -> Response | ChatCompletionResponse:
     engine.check_model(body.model)
     ids = engine.chat_prompt(body)
     max_tokens = engine.fit_max_tokens(len(ids), body.completion_limit, "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     gens = engine.generations(body, [(ids, max_tokens)], logprobs)
+    submission = engine.submit(gens)
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if body.stream:
@@ -379,7 +452,7 @@ async def create_chat_completion(body: ChatCompletionRequest, engine: EngineDep)
             yield chunk(
                 *(ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(body.n))
             )
-            async with aclosing(engine.run(gens)) as events:
+            async with aclosing(engine.run(submission)) as events:
                 async for index, delta in events:
                     yield chunk(
                         ChatChunkChoice(
@@ -397,7 +470,7 @@ async def create_chat_completion(body: ChatCompletionRequest, engine: EngineDep)
 
         return EventSourceResponse(_sse_stream(chunks()))
 
-    collected = await engine.run_to_end(gens)
+    collected = await _unless_disconnected(request, engine.run_to_end(submission))
     choices = [
         ChatChoice(
             index=index,
@@ -425,15 +498,32 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return message, str(loc[1]) if len(loc) > 1 else None
 
 
-def create_app(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str) -> FastAPI:
+def create_app(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_name: str,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+) -> FastAPI:
     """The OpenAI-compatible app serving `model` under `model_name`; run it with any ASGI server."""
-    app = FastAPI(title="mpq-serving", summary="Embedded OpenAI-compatible server")
-    app.state.engine = Engine(LanguageModel(model, tokenizer), model_name)
+    engine = Engine(LanguageModel(model, tokenizer), model_name, max_num_seqs, max_waiting)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.scheduler.close()
+
+    app = FastAPI(title="mpq-serving", summary="Embedded OpenAI-compatible server", lifespan=lifespan)
+    app.state.engine = engine
     app.include_router(router)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc.status, exc.message, exc.param, exc.code)
+        return _error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's code for a closed client
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

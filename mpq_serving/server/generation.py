@@ -90,17 +90,25 @@ class LanguageModel:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = frozenset(i for i in [*eos_ids, tokenizer.eos_token_id] if i is not None)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
         self.sampling_defaults = sampling_defaults(getattr(model.config, "_name_or_path", "") or "")
 
-    def forward(self, ids: Sequence[int], cache: Cache | None, all_logits: bool) -> tuple[torch.Tensor, Cache]:
-        """Feed `ids` after what `cache` holds; float32 logits of every position, or only the last."""
+    def run(
+        self, ids: torch.Tensor, cache: Cache | None, all_logits: bool = False, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, Cache]:
+        """One forward of `ids` [rows, tokens] after what `cache` holds: float32 logits [rows, positions, vocab]
+        of every position or only the last, and the grown cache. `inputs` are the model's other arguments."""
         kwargs = {"logits_to_keep": 0 if all_logits else 1} if self._keeps_logits else {}
-        out = self.model(
-            input_ids=torch.tensor([list(ids)], device=self.device), past_key_values=cache, use_cache=True, **kwargs
-        )
-        logits = out.logits[0] if all_logits else out.logits[0, -1:]
-        return logits.float(), out.past_key_values
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}, **inputs, **kwargs)
+        logits = out.logits if all_logits else out.logits[:, -1:]
+        return logits.float(), out[self._cache_arg]
+
+    def forward(self, ids: Sequence[int], cache: Cache | None, all_logits: bool) -> tuple[torch.Tensor, Cache]:
+        """Feed one sequence's `ids` after what `cache` holds; logits of every position, or only the last."""
+        logits, cache = self.run(torch.tensor([list(ids)], device=self.device), cache, all_logits)
+        return logits[0], cache
 
     def token_texts(self, context: Sequence[int], token_ids: Sequence[int]) -> list[str]:
         """Text of each candidate token right after `context`.
@@ -175,7 +183,9 @@ class Generation:
         self.finish_reason: str | None = None
         self.stop_reason: str | None = None
         self._rng = rng
-        self._cache: Cache | None = None
+        self.cache: Cache | None = None
+        """This sequence's own KV cache, from its prompt until a decode batch takes it over."""
+        self.started = False
         self._detokenizer = IncrementalDetokenizer(lm.tokenizer, prompt_ids)
         self._holdback = max((len(s) for s in params.stop), default=1) - 1
         self._emitted = 0
@@ -196,13 +206,18 @@ class Generation:
         return bias
 
     @torch.inference_mode()
-    def step(self) -> Delta | None:
-        """Decode one token (the first call runs the prompt); None while all new text is held back."""
+    def begin(self) -> Delta | None:
+        """Run the prompt alone, keeping its KV cache in `self.cache`, and sample the first token."""
+        self.started = True
         if self.params.max_tokens == 0:
             if self.params.prompt_logprobs is not None:
                 self._prefill()
             return self._finish("length")
-        logits = self._prefill() if self._cache is None else self._feed([self.ids[-1]])[-1]
+        return self.accept(self._prefill())
+
+    @torch.inference_mode()
+    def accept(self, logits: torch.Tensor) -> Delta | None:
+        """Sample the next token from this sequence's logits; None while all new text is held back."""
         token = self._sample(logits)
         if self.params.logprobs is not None:
             self._pending_logprobs.append(self._entry(logits.log_softmax(-1), token, self.params.logprobs))
@@ -217,14 +232,23 @@ class Generation:
             return self._finish("length")
         return self._delta()
 
-    def _feed(self, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
-        logits, self._cache = self.lm.forward(ids, self._cache, all_logits)
-        return logits
+    @torch.inference_mode()
+    def step(self) -> Delta | None:
+        """Decode one token on this sequence's own cache (the first call runs the prompt): the
+        one-at-a-time reference that batched decoding (`batching.py`) must reproduce."""
+        if not self.started:
+            return self.begin()
+        logits, self.cache = self.lm.forward([self.ids[-1]], self.cache, all_logits=False)
+        return self.accept(logits[-1])
+
+    def abort(self) -> None:
+        """The client went away: end the sequence and drop its cache."""
+        self.finish_reason, self.cache = self.finish_reason or "abort", None
 
     def _prefill(self) -> torch.Tensor:
         """Run the prompt; score every prompt token from that same pass when echo asks for it."""
         k = self.params.prompt_logprobs
-        logits = self._feed(self.ids, all_logits=k is not None)
+        logits, self.cache = self.lm.forward(self.ids, None, all_logits=k is not None)
         if k is not None:
             self.prompt_logprobs = self._score_prompt(logits, k)
         return logits[-1]
@@ -282,6 +306,7 @@ class Generation:
         return stop
 
     def _finish(self, reason: str, stop: str | None = None) -> Delta:
+        self.cache = None
         if stop is None:
             self.text += self._detokenizer.flush()
         self.finish_reason, self.stop_reason = reason, stop

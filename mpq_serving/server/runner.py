@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .app import create_app
+from .app import DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_WAITING, create_app
 
 
 def run_server(
@@ -20,9 +20,12 @@ def run_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_waiting: int = DEFAULT_MAX_WAITING,
 ) -> None:
     """Serve until interrupted (Ctrl-C); the model answers as `model_name` under http://host:port/v1."""
-    uvicorn.run(create_app(model, tokenizer, model_name), host=host, port=port, log_level=log_level)
+    app = create_app(model, tokenizer, model_name, max_num_seqs, max_waiting)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 @contextmanager
@@ -34,6 +37,8 @@ def serve_in_background(
     port: int = 0,
     log_level: str = "warning",
     startup_timeout: float = 30.0,
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+    max_waiting: int = DEFAULT_MAX_WAITING,
 ) -> Iterator[str]:
     """Serve from a daemon thread while the block runs and yield the base URL (ending in /v1).
 
@@ -41,7 +46,12 @@ def serve_in_background(
     never collide.
     """
     server = uvicorn.Server(
-        uvicorn.Config(create_app(model, tokenizer, model_name), host=host, port=port, log_level=log_level)
+        uvicorn.Config(
+            create_app(model, tokenizer, model_name, max_num_seqs, max_waiting),
+            host=host,
+            port=port,
+            log_level=log_level,
+        )
     )
     thread = threading.Thread(target=server.run, name=f"mpq-server-{model_name}", daemon=True)
     thread.start()

@@ -12,60 +12,14 @@ import httpx
 import openai
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mpq_serving.server.generation import IncrementalDetokenizer
 from mpq_serving.server.runner import serve_in_background
 
 pytestmark = pytest.mark.slow
 
-MODEL = "tiny-llama"
-MAX_LEN = 128
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Mixed-precision quantization keeps the sensitive layers in higher precision.",
-    "Héllo wörld, ça va? 日本語のテキスト 🙂",
-]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on three sentences: every byte is a token, so any text round-trips."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(CORPUS * 5, trainer)
-    bpe.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_LEN,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+from tiny_server import MAX_LEN, MODEL
 
 
 @pytest.fixture(scope="module")
