@@ -190,9 +190,8 @@ class Generation:
         self._holdback = max((len(s) for s in params.stop), default=1) - 1
         self._emitted = 0
         self._pending_logprobs: list[TokenLogprob] = []
-        self._bias = self._bias_vector()
-        penalised = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-        self._counts = torch.zeros(lm.vocab_size, device=lm.device) if penalised else None
+        self._bias: torch.Tensor | None = None  # made in begin(): tensors are made on the model's thread
+        self._counts: torch.Tensor | None = None
 
     @property
     def num_generated(self) -> int:
@@ -209,6 +208,9 @@ class Generation:
     def begin(self) -> Delta | None:
         """Run the prompt alone, keeping its KV cache in `self.cache`, and sample the first token."""
         self.started = True
+        self._bias = self._bias_vector()
+        if self.params.presence_penalty != 0.0 or self.params.frequency_penalty != 0.0:
+            self._counts = torch.zeros(self.lm.vocab_size, device=self.lm.device)
         if self.params.max_tokens == 0:
             if self.params.prompt_logprobs is not None:
                 self._prefill()
