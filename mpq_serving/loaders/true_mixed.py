@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError, FormatError, PlanError
 from ..formats import QuantizedTensor, get_format
-from ..plan import Plan, resolve, unmatched_rules
+from ..plan import Plan, resolve, rule_problems
 from ..plan.model_weights import LinearWeight, linear_weights
 from .checkpoint import Checkpoint
 from .expected_weights import check_against_config
@@ -44,12 +44,10 @@ class TrueMixedPrecisionLoader:
         self.weights: list[LinearWeight] = linear_weights(self.reference)
         check_against_config(self.reference, self.weights)
         names = [w.name for w in self.weights]
-        unmatched = unmatched_rules(plan, names)
-        if unmatched:  # the same refusal as `mpq plan validate`, for every command that loads a plan
-            listed = ", ".join(f"overrides[{i}] {plan.overrides[i].pattern!r}" for i in unmatched[:5])
-            more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
-            raise PlanError(f"{listed}{more}: matches no weight of {self.reference.path} "
-                            "(a typo, or a plan written for another model?)")
+        problems = rule_problems(plan, names, self.reference.path)
+        if problems:  # the same refusal as `mpq plan validate`, for every command that loads a plan
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise PlanError("; ".join(problems[:3]) + more)
         self.resolved = resolve(plan, names)
         self.located: dict[str, Located] = {
             w.name: self.sources.locate(w.name, self.resolved[w.name].spec, w.shape) for w in self.weights

@@ -2,7 +2,7 @@
 
 from .io import check_plan_output, load_plan, plan_from_dict, plan_to_json_dict, plan_to_yaml_dict, save_plan
 from .matching import Pattern, is_protected, normalize_name
-from .resolve import Resolution, resolve, unmatched_rules
+from .resolve import Resolution, resolve, rule_problems, unmatched_rules
 from .schema import Plan, Rule, SpecFields
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "resolve",
     "save_plan",
     "check_plan_output",
+    "rule_problems",
     "unmatched_rules",
 ]

@@ -84,3 +84,30 @@ def unmatched_rules(plan: Plan, names: list[str]) -> list[int]:
     for name in names:
         matched.update(index.matching(name))
     return [i for i in range(len(plan.overrides)) if i not in matched]
+
+
+def rule_problems(plan: Plan, names: list[str], model: object) -> list[str]:
+    """Rules that cannot be what the author meant, one message each, the same for every command:
+    a rule matching no weight of `model` (a typo, or a plan for another model), and a rule whose every
+    match is decided before it (by an earlier rule, an exact rule or protection): it changes nothing."""
+    index = _RuleIndex(plan)
+    first_match: dict[int, str] = {}
+    for name in names:
+        for i in index.matching(name):
+            first_match.setdefault(i, name)
+    problems = [
+        f"overrides[{i}] pattern {plan.overrides[i].pattern!r} matches no weight of {model}"
+        for i in range(len(plan.overrides)) if i not in first_match
+    ]
+    resolved = resolve(plan, names)
+    deciding = {r.rule_index for r in resolved.values() if r.rule_index is not None}
+    for i in sorted(set(first_match) - deciding):
+        name = first_match[i]
+        winner = resolved[name]
+        by = "protection (it stays bf16)" if winner.rule_index is None else (
+            f"overrides[{winner.rule_index}] {plan.overrides[winner.rule_index].pattern!r}")
+        problems.append(
+            f"overrides[{i}] pattern {plan.overrides[i].pattern!r} decides no weight: every weight it matches "
+            f"(e.g. {name}) is decided first by {by}; remove it or move it up"
+        )
+    return problems

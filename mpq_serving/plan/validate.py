@@ -9,7 +9,7 @@ from ..loaders.checkpoint import Checkpoint
 from ..loaders.expected_weights import check_against_config
 from ..loaders.sources import SourceSet
 from .model_weights import linear_weights
-from .resolve import resolve, unmatched_rules
+from .resolve import resolve, rule_problems
 from .schema import Plan
 
 
@@ -20,8 +20,7 @@ def validate_plan(plan: Plan, model_dir: str | Path) -> list[str]:
         weights = linear_weights(model_dir)
         check_against_config(Checkpoint(model_dir), weights)
         names = [w.name for w in weights]
-        for i in unmatched_rules(plan, names):
-            problems.append(f"overrides[{i}] pattern {plan.overrides[i].pattern!r} matches no weight of {model_dir}")
+        problems += rule_problems(plan, names, model_dir)
         resolved = resolve(plan, names)
     except MPQError as e:
         return problems + [str(e)]

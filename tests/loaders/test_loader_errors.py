@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_hf import save_tiny
 
-from mpq_serving.errors import CheckpointError, MPQError
+from mpq_serving.errors import CheckpointError, MPQError, PlanError
 from mpq_serving.formats import QuantSpec, get_format
 from mpq_serving.loaders.hf_model import load_model
 from mpq_serving.loaders.pack import pack
@@ -105,6 +105,28 @@ def test_plan_naming_an_absent_layer_fails_validation(tmp_path, llama):
     plan = plan_from_dict({"default": {"wq": "fp8"}, "overrides": [{"pattern": "model.layers.7.mlp.up_proj", "wq": "int8"}]})
     problems = validate_plan(plan, llama)
     assert problems == ["overrides[0] pattern 'model.layers.7.mlp.up_proj' matches no weight of " + str(llama)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([{"pattern": "re:.*_proj", "wq": "int8"}, {"pattern": "re:.*q_proj", "wq": "mxfp4"}],
+         "overrides[1] pattern 're:.*q_proj' decides no weight: every weight it matches (e.g. "
+         "model.layers.0.self_attn.q_proj) is decided first by overrides[0] 're:.*_proj'; remove it or move it up"),
+        ([{"pattern": "re:lm_h.*", "wq": "int8"}],
+         "overrides[0] pattern 're:lm_h.*' decides no weight: every weight it matches (e.g. lm_head) is decided "
+         "first by protection (it stays bf16); remove it or move it up"),
+    ],
+)
+def test_shadowed_rule_is_refused_by_validate_and_every_loader(llama, overrides, message):
+    """A rule that changes nothing is a mistake (order, or protection): validate, pack and load_model say so alike."""
+    from mpq_serving.plan.validate import validate_plan
+
+    plan = plan_from_dict({"default": {"wq": "fp8"}, "overrides": overrides})
+    assert validate_plan(plan, llama) == [message]
+    with pytest.raises(PlanError) as refused:
+        load_model(plan, llama, progress=False)
+    assert str(refused.value) == message
 
 
 def test_no_source_and_no_base_is_refused(tmp_path, llama):

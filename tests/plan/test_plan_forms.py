@@ -169,6 +169,18 @@ def test_convert_round_trips_without_loss(tmp_path, start):
     assert plan_to_json_dict(load_plan(other))["overrides"][0]["act_order"] is True
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.*")))
+SHIPPED_PLANS = sorted(str(p.relative_to(REPO)) for d in ("configs", "benchmarks/plans") for p in (REPO / d).glob("*.*"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_PLANS)
 def test_shipped_configs_parse(name):
-    load_plan(REPO / "configs" / name)
+    load_plan(REPO / name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED_PLANS)
+def test_shipped_plans_validate_against_smollm2(name, smollm2_dir):
+    """Every plan the repo ships is for SmolLM2: no rule matching nothing or deciding nothing, every source there."""
+    from mpq_serving.plan.validate import validate_plan
+
+    assert validate_plan(load_plan(REPO / name), smollm2_dir) == []
