@@ -55,7 +55,7 @@ def test_readme_command_parses(command: str) -> None:
     args = [PLACEHOLDERS.get(a, a) for a in shlex.split(command)[1:]]
     try:
         path = _parse(args)
-    except Exception as e:  # typer's click UsageError / BadParameter
+    except Exception as e:  # noqa: BLE001 - typer's click UsageError / BadParameter
         pytest.fail(f"`{command}`: {getattr(e, 'format_message', e.__str__)()}")
     assert path, f"`{command}` names no command"
 

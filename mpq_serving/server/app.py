@@ -323,7 +323,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         async def finish() -> None:
             try:
                 result.append(await work)
-            except Exception as exc:  # raised as itself below, not inside an exception group
+            except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not inside an exception group
                 failure.append(exc)
             group.cancel_scope.cancel()
 
