@@ -21,12 +21,11 @@ from ..errors import CheckpointError, MPQError
 from ..formats import QuantizedTensor, get_format
 from ..layers.linear import MixedPrecisionLinear
 from ..layers.moe import MixedPrecisionExpert, MixedPrecisionExperts
+from ..packed_config import QUANT_METHOD, PackedConfig
 from ..plan import Plan, load_plan
 from .checkpoint import Checkpoint
 from .expected_weights import EXPERT_NAME as _EXPERT
 from .expected_weights import EXPERT_ROLE as _ROLE
-from .pack import QUANT_METHOD
-from .source_config import spec_from_dict
 from .true_mixed import TrueMixedPrecisionLoader
 
 _FLOAT = {"bf16", "fp16", "fp32"}
@@ -50,9 +49,8 @@ class PackedSource:
 
     def __init__(self, path: Path):
         self.checkpoint = Checkpoint(path)
-        qc = self.checkpoint.quantization_config or {}
-        self.modules = {name: (spec_from_dict({k: v for k, v in e.items() if k != "shape"}), tuple(e["shape"]))
-                        for name, e in qc.get("modules", {}).items()}
+        packed = PackedConfig.read(self.checkpoint.quantization_config, path / "config.json")
+        self.modules = {name: (e.spec(), e.shape) for name, e in packed.modules.items()}
 
     def iter_modules(self) -> Iterator[tuple[str, QuantizedTensor]]:
         for name, (spec, shape) in self.modules.items():

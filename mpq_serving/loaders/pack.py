@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import save_file
 
 from ..outputs import output_folder
+from ..packed_config import FORMAT_VERSION, QUANT_METHOD, PackedConfig
 from ..plan import Plan, plan_to_json_dict
 from .checkpoint import INDEX_FILE
-from .source_config import spec_to_dict
 from .true_mixed import TrueMixedPrecisionLoader
 
-QUANT_METHOD = "mpq"
+__all__ = ["CHECKPOINT_KIND", "FORMAT_VERSION", "QUANT_METHOD", "copy_side_files", "pack", "ShardWriter"]
+
 CHECKPOINT_KIND = "mpq-checkpoint"  # the output kind (see outputs.py) of `mpq pack` and `mpq quantize`
-FORMAT_VERSION = 1
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "chat_template.json")
 
@@ -84,9 +84,9 @@ def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *,
     inputs = [loader.reference.path, *loader.sources.paths()]
     with output_folder(output, CHECKPOINT_KIND, overwrite=overwrite, inputs=inputs) as tmp:
         writer = ShardWriter(tmp, shard_bytes)
-        modules: dict[str, dict] = {}
+        modules = {}
         for name, q in loader.iter_modules(progress=progress):
-            modules[name] = {**spec_to_dict(q.spec), "shape": list(q.shape)}
+            modules[name] = (q.spec, q.shape)
             for suffix, tensor in q.tensors.items():
                 writer.add(f"{name}.{suffix}", tensor)
         for name, tensor in loader.other_tensors():
@@ -98,16 +98,12 @@ def pack(plan: Plan, output: str | Path, model_dir: str | Path | None = None, *,
 
 
 def _write_config(loader: TrueMixedPrecisionLoader, folder: Path, modules: dict, plan: Plan) -> None:
+    """The base model's config.json with our quantization_config (`packed_config.PackedConfig`)."""
     config = dict(loader.reference.config)
     if not config:
         raise FileNotFoundError(f"{loader.reference.path}: config.json missing; a packed checkpoint needs it")
     config.pop("quantization_config", None)
-    config["quantization_config"] = {
-        "quant_method": QUANT_METHOD,
-        "format_version": FORMAT_VERSION,
-        "modules": modules,
-        "plan": plan_to_json_dict(plan),
-    }
+    config["quantization_config"] = PackedConfig.build(modules, plan_to_json_dict(plan)).to_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..formats import QuantSpec, get_format
+from ..packed_config import PackedConfig
 
 
 def module_spec(qconfig: dict[str, Any] | None, module: str, where: str) -> QuantSpec | None:
@@ -29,18 +30,14 @@ def module_spec(qconfig: dict[str, Any] | None, module: str, where: str) -> Quan
     if method == "compressed-tensors":
         return _compressed_tensors(qconfig, module, where)
     if method == "mpq":
-        entry = qconfig.get("modules", {}).get(module)
-        return None if entry is None else spec_from_dict(entry)
+        entry = PackedConfig.read(qconfig, where).modules.get(module)
+        return None if entry is None else entry.spec()
     raise CheckpointError(f"{where}: quant_method {method!r} is not one mpq-serving reads")
 
 
 def spec_to_dict(spec: QuantSpec) -> dict[str, Any]:
     return {k: v for k, v in spec.__dict__.items() if v is not None and not (k == "act_order" and v is False)
             and not (k == "checkpoint_format" and v == "gptq")}
-
-
-def spec_from_dict(data: dict[str, Any]) -> QuantSpec:
-    return QuantSpec(**data)
 
 
 def _bits(qconfig: dict[str, Any], where: str) -> None:

@@ -27,15 +27,9 @@ from typing import Any, Literal
 from ..errors import MPQError
 from ..formats import get_format
 from ..loaders.checkpoint import Checkpoint
-from ..loaders.pack import (
-    CHECKPOINT_KIND,
-    FORMAT_VERSION,
-    QUANT_METHOD,
-    ShardWriter,
-    copy_side_files,
-)
-from ..loaders.source_config import spec_to_dict
+from ..loaders.pack import CHECKPOINT_KIND, ShardWriter, copy_side_files
 from ..outputs import output_folder
+from ..packed_config import PackedConfig
 from ..plan import Plan, is_protected, plan_to_json_dict
 from .sequential import QuantizedModel
 
@@ -57,9 +51,8 @@ def write_checkpoint(result: QuantizedModel, plan: Plan, output: str | Path, lay
     summary = result.summary()
     plan = plan.model_copy(update={"summary": {**plan.summary, "quantize": summary}})
     if layout == "mpq":
-        qconfig = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
-                   "modules": {n: {**spec_to_dict(q.spec), "shape": list(q.shape)} for n, q in result.modules.items()},
-                   "plan": plan_to_json_dict(plan), "quantize": summary}
+        modules = {n: (q.spec, q.shape) for n, q in result.modules.items()}
+        qconfig = PackedConfig.build(modules, plan_to_json_dict(plan), quantize=summary).to_dict()
     elif layout == "gptq":
         qconfig = gptq_config(result)
     else:

@@ -8,8 +8,7 @@ from typing import Any
 
 from ...errors import CheckpointError, MPQError
 from ...formats import QuantSpec, get_format
-from ...loaders.pack import FORMAT_VERSION, QUANT_METHOD
-from ...loaders.source_config import spec_from_dict
+from ...packed_config import PackedConfig
 
 
 @dataclass(frozen=True)
@@ -34,24 +33,16 @@ class MpqCheckpointConfig:
     raw: dict[str, Any]
 
     @classmethod
-    def from_quantization_config(cls, qc: dict[str, Any]) -> "MpqCheckpointConfig":
-        if qc.get("quant_method") != QUANT_METHOD:
-            raise CheckpointError(f"quantization_config.quant_method is {qc.get('quant_method')!r}, "
-                                  f"not {QUANT_METHOD!r}: not a packed mixed checkpoint (write one with `mpq pack`)")
-        version = qc.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise CheckpointError(f"quantization_config.format_version {version} is newer than this "
-                                  f"mpq-serving reads ({FORMAT_VERSION}); upgrade mpq-serving")
+    def from_quantization_config(cls, qc: dict[str, Any], where: object = "config.json") -> "MpqCheckpointConfig":
+        """Read through the one schema (`packed_config.PackedConfig`), then normalize each spec by its format."""
+        packed = PackedConfig.read(qc, where)
         modules = {}
-        for name, entry in (qc.get("modules") or {}).items():
+        for name, entry in packed.modules.items():
             try:
-                fields = {k: v for k, v in entry.items() if k != "shape"}
-                fmt = get_format(fields["format"])
-                spec = fmt.normalize(spec_from_dict(fields))
-                shape = tuple(int(d) for d in entry["shape"])
-            except (KeyError, TypeError, ValueError, MPQError) as e:  # e.g. an unknown format
-                raise CheckpointError(f"quantization_config.modules[{name!r}]: malformed entry {entry!r} ({e})") from None
-            modules[name] = ModuleEntry(name, spec, shape)
+                spec = get_format(entry.format).normalize(entry.spec())
+            except (TypeError, ValueError, MPQError) as e:  # e.g. an unknown format
+                raise CheckpointError(f"{where}: quantization_config.modules[{name!r}]: {e}") from None
+            modules[name] = ModuleEntry(name, spec, entry.shape)
         return cls(modules, dict(qc))
 
     def check_tensors(self, folder: str | Path) -> None:

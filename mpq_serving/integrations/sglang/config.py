@@ -11,10 +11,13 @@ import logging
 from typing import Any
 
 import torch
-from sglang.srt.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
+from sglang.srt.layers.quantization.base_config import (
+    QuantizationConfig,
+    QuantizeMethodBase,
+)
 
+from ...packed_config import QUANT_METHOD
 from ..common import ModuleEntry, MpqCheckpointConfig, linear_parts, moe_experts
-from .plugin import QUANT_METHOD
 
 logger = logging.getLogger(__name__)
 

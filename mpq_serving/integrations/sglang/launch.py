@@ -13,8 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from ...packed_config import QUANT_METHOD
 from ..common.launch import engine_python, server_args
-from .plugin import QUANT_METHOD
 
 CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native"]
 INSTALL_HINT = "pip install 'mpq-serving[sglang]' (CUDA), or run scripts/install_sglang.sh (CPU)"

@@ -7,7 +7,7 @@ here is safe: the plugin runs after SGLang itself is importable.
 
 from __future__ import annotations
 
-QUANT_METHOD = "mpq"
+from ...packed_config import QUANT_METHOD
 
 
 def register() -> None:
