@@ -48,19 +48,24 @@ class MixedPrecisionExperts(nn.Module):
         fused = grouped_experts_forward(self, hidden_states, top_k_index, top_k_weights)
         if fused is not None:
             return fused
-        out = torch.zeros_like(hidden_states)
+        return self._per_expert(hidden_states, top_k_index, top_k_weights)
+
+    def _per_expert(self, x: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        """One pass over the experts that received tokens, nothing for the others: the (token, expert)
+        pairs are sorted by expert once, so each expert's rows are one contiguous slice."""
+        out = torch.zeros_like(x)
         flat_experts = top_k_index.reshape(-1)
-        token_of = torch.arange(hidden_states.shape[0], device=hidden_states.device).repeat_interleave(top_k_index.shape[1])
-        weights = top_k_weights.reshape(-1)
-        hit = set(torch.unique(flat_experts).tolist())
-        for members in self.format_groups.values():
-            for e in members:
-                if e not in hit:
-                    continue
-                sel = (flat_experts == e).nonzero(as_tuple=True)[0]
-                tokens = token_of[sel]
-                y = self.experts[e](hidden_states[tokens], self.act_fn)
-                out.index_add_(0, tokens, (y * weights[sel, None].to(y.dtype)).to(out.dtype))
+        order = flat_experts.argsort(stable=True)
+        tokens_sorted = order // top_k_index.shape[1]
+        weights_sorted = top_k_weights.reshape(-1)[order]
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        hit = counts.nonzero(as_tuple=True)[0]
+        start = 0
+        for e, count in zip(hit.tolist(), counts[hit].tolist(), strict=True):
+            tokens = tokens_sorted[start : start + count]
+            y = self.experts[e](x[tokens], self.act_fn)
+            out.index_add_(0, tokens, (y * weights_sorted[start : start + count, None].to(y.dtype)).to(out.dtype))
+            start += count
         return out
 
     def extra_repr(self) -> str:
