@@ -203,6 +203,10 @@ class Engine:
 
     def submit(self, gens: Sequence[Generation]) -> Submission:
         """Queue the sequences before any response starts, so a full server answers 503 + Retry-After."""
+        capacity = self.scheduler.max_num_seqs + self.scheduler.max_waiting
+        if len(gens) > capacity:  # would be refused forever: not a matter of retrying
+            raise APIError(400, f"The request asks for {len(gens)} sequences; this server holds at most {capacity} "
+                           "at once (--max-num-seqs + --max-waiting).", "n")
         try:
             return self.scheduler.submit(gens)
         except Overloaded as exc:

@@ -154,6 +154,8 @@ def test_full_queue_answers_503_with_retry_after_and_frees_on_close(small_server
     refused = small_server.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "--max-waiting 1" in refused.json()["error"]["message"]
+    too_many = small_server.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2, "n": 4})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "n"
     for s in streams:
         s.__exit__(None, None, None)
     deadline = time.monotonic() + 10
