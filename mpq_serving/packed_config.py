@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 QUANT_METHOD = "mpq"
 FORMAT_VERSION = 1
 
+ENGINE_RUNTIME_KEYS = frozenset({
+    "packed_modules_mapping", "hf_config", "requantization_method",  # SGLang's get_quant_config adds these
+    "total_num_heads", "total_num_kv_heads",  # vLLM's weight_utils adds these for some methods
+})
+"""Keys an engine writes into the config dict it hands its quantization method; not ours, not stored."""
+
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 """version N -> a function turning a version-N config into a version-(N+1) one (none needed yet)."""
 
@@ -87,8 +93,9 @@ class PackedConfig(BaseModel):
             method = (quantization_config or {}).get("quant_method")
             raise CheckpointError(f"{where}: quantization_config.quant_method is {method!r}, not {QUANT_METHOD!r}: "
                                   "not a packed mixed checkpoint (write one with `mpq pack`)")
+        ours = {k: v for k, v in quantization_config.items() if k not in ENGINE_RUNTIME_KEYS}
         try:
-            return cls.model_validate(dict(quantization_config))
+            return cls.model_validate(ours)
         except ValidationError as e:
             first = e.errors()[0]
             field = ".".join(str(part) for part in first["loc"])

@@ -55,6 +55,12 @@ def test_every_reader_refuses_the_same_way(change, message) -> None:
         MpqCheckpointConfig.from_quantization_config(qc)
 
 
+def test_what_an_engine_adds_to_the_dict_it_hands_over_is_not_ours() -> None:
+    """SGLang adds packed_modules_mapping and hf_config before calling from_config (found serving for real)."""
+    qc = {**_written(), "packed_modules_mapping": {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}, "hf_config": object()}
+    assert set(MpqCheckpointConfig.from_quantization_config(qc).modules) == set(MODULES)
+
+
 def test_an_unknown_format_is_named() -> None:
     qc = _written()
     qc["modules"]["model.layers.0.mlp.down_proj"]["format"] = "nf4"
