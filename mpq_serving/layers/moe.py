@@ -55,10 +55,14 @@ class MixedPrecisionExperts(nn.Module):
         pairs are sorted by expert once, so each expert's rows are one contiguous slice."""
         out = torch.zeros_like(x)
         flat_experts = top_k_index.reshape(-1)
-        order = flat_experts.argsort(stable=True)
-        tokens_sorted = order // top_k_index.shape[1]
-        weights_sorted = top_k_weights.reshape(-1)[order]
-        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        # Under expert parallelism an engine marks experts held by another rank as -1: they are skipped.
+        pairs = ((flat_experts >= 0) & (flat_experts < self.num_experts)).nonzero(as_tuple=True)[0]
+        experts = flat_experts[pairs]
+        order = experts.argsort(stable=True)
+        pairs_sorted = pairs[order]
+        tokens_sorted = pairs_sorted // top_k_index.shape[1]
+        weights_sorted = top_k_weights.reshape(-1)[pairs_sorted]
+        counts = torch.bincount(experts, minlength=self.num_experts)
         hit = counts.nonzero(as_tuple=True)[0]
         start = 0
         for e, count in zip(hit.tolist(), counts[hit].tolist(), strict=True):

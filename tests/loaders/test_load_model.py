@@ -131,3 +131,31 @@ def test_every_supported_family_matches_its_dequantized_reference(tmp_path, arch
     ids = tokens(vocab=1000)
     with torch.no_grad():
         assert_close_rel(mixed(ids).logits, reference(ids).logits)
+
+
+def test_experts_marked_minus_one_are_skipped():
+    """Under expert parallelism vLLM marks experts held by another rank as -1 (this broke once)."""
+    import torch.nn.functional as F
+
+    from mpq_serving.formats import QuantSpec, get_format
+    from mpq_serving.layers.linear import MixedPrecisionLinear
+    from mpq_serving.layers.moe import MixedPrecisionExpert
+
+    fmt, spec = get_format("bf16"), QuantSpec("bf16")
+    g = torch.Generator().manual_seed(0)
+
+    def linear(o, i):
+        return MixedPrecisionLinear(fmt.quantize(torch.randn(o, i, generator=g) * 0.1, spec))
+
+    experts = MixedPrecisionExperts([MixedPrecisionExpert(linear(16, 32), linear(16, 32), linear(32, 16))
+                                     for _ in range(4)], F.silu)
+    x = torch.randn(4, 32, generator=g)
+    index = torch.tensor([[0, 3], [-1, 2], [1, -1], [-1, -1]])
+    weights = torch.rand(4, 2, generator=g)
+    expected = torch.zeros_like(x)
+    for t in range(4):
+        for k in range(2):
+            if index[t, k] >= 0:
+                expected[t] += weights[t, k] * experts.experts[int(index[t, k])](x[t : t + 1], F.silu)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(experts(x, index, weights), expected)
