@@ -44,11 +44,11 @@ class TrueMixedPrecisionLoader:
         self.weights: list[LinearWeight] = linear_weights(self.reference)
         check_against_config(self.reference, self.weights)
         names = [w.name for w in self.weights]
-        problems = rule_problems(plan, names, self.reference.path)
+        self.resolved = resolve(plan, names)
+        problems = rule_problems(plan, names, self.resolved, self.reference.path)
         if problems:  # the same refusal as `mpq plan validate`, for every command that loads a plan
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise PlanError("; ".join(problems[:3]) + more)
-        self.resolved = resolve(plan, names)
         self.located: dict[str, Located] = {
             w.name: self.sources.locate(w.name, self.resolved[w.name].spec, w.shape) for w in self.weights
         }

@@ -86,10 +86,12 @@ def unmatched_rules(plan: Plan, names: list[str]) -> list[int]:
     return [i for i in range(len(plan.overrides)) if i not in matched]
 
 
-def rule_problems(plan: Plan, names: list[str], model: object) -> list[str]:
+def rule_problems(plan: Plan, names: list[str], resolved: dict[str, Resolution], model: object) -> list[str]:
     """Rules that cannot be what the author meant, one message each, the same for every command:
     a rule matching no weight of `model` (a typo, or a plan for another model), and a rule whose every
-    match is decided before it (by an earlier rule, an exact rule or protection): it changes nothing."""
+    match is decided before it (by an earlier rule, an exact rule or protection): it changes nothing.
+    `resolved` is `resolve(plan, names)`, which the caller needs anyway (resolving 36k expert weights twice
+    would double the cost)."""
     index = _RuleIndex(plan)
     first_match: dict[int, str] = {}
     for name in names:
@@ -99,7 +101,6 @@ def rule_problems(plan: Plan, names: list[str], model: object) -> list[str]:
         f"overrides[{i}] pattern {plan.overrides[i].pattern!r} matches no weight of {model}"
         for i in range(len(plan.overrides)) if i not in first_match
     ]
-    resolved = resolve(plan, names)
     deciding = {r.rule_index for r in resolved.values() if r.rule_index is not None}
     for i in sorted(set(first_match) - deciding):
         name = first_match[i]

@@ -20,8 +20,8 @@ def validate_plan(plan: Plan, model_dir: str | Path) -> list[str]:
         weights = linear_weights(model_dir)
         check_against_config(Checkpoint(model_dir), weights)
         names = [w.name for w in weights]
-        problems += rule_problems(plan, names, model_dir)
         resolved = resolve(plan, names)
+        problems += rule_problems(plan, names, resolved, model_dir)
     except MPQError as e:
         return problems + [str(e)]
     sources = SourceSet(plan.sources, plan.base_model_path or model_dir)
