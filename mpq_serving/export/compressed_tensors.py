@@ -137,7 +137,9 @@ def scheme_for(spec: QuantSpec, name: str) -> Scheme | None:
         else:
             w = _args(8, "float", spec.granularity)
             act = _args(8, "float", "token", dynamic=True)
-        return Scheme("float-quantized", w, act if spec.activation == "fp8" else None)
+        if spec.activation == "fp8_static":  # the stored input_scale travels with the weight (convert_tensors)
+            act = _args(8, "float", "tensor", dynamic=False)
+        return Scheme("float-quantized", w, act if spec.activation else None)
     if kind in ("mxfp4", "mxfp8"):
         bits = 4 if kind == "mxfp4" else 8
         if spec.activation not in (None, kind):

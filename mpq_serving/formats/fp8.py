@@ -8,6 +8,14 @@ differences from compressed-tensors: the scale is always computed and stored in 
 the weight's dtype, e.g. bf16), dequantization is float32 whatever the stored scale dtype (theirs
 returns the scale's dtype), and block scales are stored as `weight_scale_inv`, the name
 DeepSeek-V3 / Qwen3-FP8 releases use.
+
+Activations, as the releases declare them and vLLM / SGLang run them:
+- `fp8` (dynamic): per token with per-tensor / per-channel weights; per token **and per group of the
+  block's width** along in_features with block weights (DeepSeek-V3's `per_token_group_quant_fp8`,
+  compressed-tensors' FP8_BLOCK preset `strategy: group, group_size: 128`).
+- `fp8_static`: one calibrated per-tensor `input_scale` stored beside the weight (AutoFP8
+  `activation_scheme: static`, compressed-tensors' FP8 preset).  It cannot be made by round-to-nearest
+  from a float weight, so it only comes from a source checkpoint that stores one.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 DEFAULT_BLOCK = 128
 _GRANULARITIES = ("tensor", "channel", "block")
-_ACTIVATIONS = {"fp8": "fp8", "fp8_e4m3": "fp8"}
+_ACTIVATIONS = {"fp8": "fp8", "fp8_e4m3": "fp8", "fp8_dynamic": "fp8", "fp8_static": "fp8_static"}
 
 
 def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
@@ -94,9 +102,15 @@ class FP8(Format):
         if activation is not None and activation not in _ACTIVATIONS:
             raise FormatError(
                 f"{self.name}: activation {spec.activation!r} is not supported with fp8 weights; "
-                f"use 'fp8' (W8A8) or none (weight-only)"
+                f"use 'fp8' (W8A8, dynamic), 'fp8_static' (W8A8 with a stored input_scale) or none (weight-only)"
             )
-        return replace(spec, activation=_ACTIVATIONS.get(activation))
+        activation = _ACTIVATIONS.get(activation)
+        if activation == "fp8_static" and spec.granularity == "block":
+            raise FormatError(
+                f"{self.name}: static per-tensor activations with block weight scales ({spec.describe()}) are not a "
+                "scheme vLLM or SGLang runs; block weights take dynamic per-group activations ('fp8')"
+            )
+        return replace(spec, activation=activation)
 
     def check_shape(self, spec: QuantSpec, shape: tuple[int, int], name: str = "weight") -> None:
         super().check_shape(spec, shape, name)
@@ -114,12 +128,21 @@ class FP8(Format):
         else:
             b = spec.group_size
             scale = ("weight_scale_inv", (math.ceil(out / b), math.ceil(inp / b)))
-        return {"weight": ((out, inp), FP8_DTYPE), scale[0]: (scale[1], torch.float32)}
+        layout = {"weight": ((out, inp), FP8_DTYPE), scale[0]: (scale[1], torch.float32)}
+        if spec.activation == "fp8_static":
+            layout["input_scale"] = ((1,), torch.float32)
+        return layout
 
     def quantize(self, weight: torch.Tensor, spec: QuantSpec, name: str = "weight") -> QuantizedTensor:
         spec = self.normalize(spec)
         shape = tuple(weight.shape)
         self.check_shape(spec, shape, name)
+        if spec.activation == "fp8_static":
+            raise FormatError(
+                f"{name}: {spec.describe()} needs an input_scale calibrated on activations, which rounding the "
+                "weight cannot give; take this module from a source checkpoint that stores one (AutoFP8 static, "
+                "llm-compressor FP8), or use dynamic activations (aq: fp8)"
+            )
         if not weight.is_floating_point():
             raise FormatError(f"{name}: {self.name} quantizes a float weight, got dtype {weight.dtype}")
         check_finite(weight, name)
@@ -140,26 +163,40 @@ class FP8(Format):
         return q.tensors["weight"].to(torch.float32) * self._scales(q, torch.float32)
 
     def matmul(self, x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-        """W8A8: x quantized per token (row) to E4M3 with scale amax/448, then a float64 matmul.
+        """W8A8: x quantized to E4M3 as the spec declares (see the module docstring), then a float64 matmul.
 
         Every product of two E4M3 values is exact in float64, so this is the reference a fused
         FP8 GEMM with float32 accumulation should approach.
         """
-        if q.spec.activation != "fp8":
+        if q.spec.activation is None:
             return super().matmul(x, q)
         rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        x_scale = scale_from_amax(rows.abs().amax(dim=1, keepdim=True))
-        x_deq = to_fp8(rows / x_scale).to(torch.float64) * x_scale.to(torch.float64)
+        x_deq = self.fake_quantize_activations(rows, q)
         w_deq = q.tensors["weight"].to(torch.float64) * self._scales(q, torch.float64)
         y = x_deq @ w_deq.t()
         return y.reshape(*x.shape[:-1], q.shape[0]).to(x.dtype)
+
+    def fake_quantize_activations(self, rows: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+        """Float32 rows [M, in] quantized to E4M3 with the scales the spec declares, back in float64 (exact)."""
+        if q.spec.activation == "fp8_static":
+            scale = q.tensors["input_scale"].to(torch.float32).reshape(1, 1)
+            return to_fp8(rows / scale).to(torch.float64) * scale.to(torch.float64)
+        if q.spec.granularity == "block":
+            group = q.spec.group_size
+            m, k = rows.shape
+            padded = F.pad(rows, (0, -k % group)).reshape(m, -1, group)
+            scale = scale_from_amax(padded.abs().amax(dim=2, keepdim=True))
+            deq = to_fp8(padded / scale).to(torch.float64) * scale.to(torch.float64)
+            return deq.reshape(m, -1)[:, :k]
+        scale = scale_from_amax(rows.abs().amax(dim=1, keepdim=True))
+        return to_fp8(rows / scale).to(torch.float64) * scale.to(torch.float64)
 
     def from_tensors(
         self, tensors: dict[str, torch.Tensor], spec: QuantSpec, shape: tuple[int, int], name: str = "weight"
     ) -> QuantizedTensor:
         """Also accept the two spellings real checkpoints use besides ours.
 
-        A 0-d per-tensor `weight_scale` (AutoFP8; vLLM reshapes it to (1,) the same way), and a
+        A 0-d per-tensor `weight_scale` or `input_scale` (AutoFP8; vLLM reshapes it to (1,) the same way), and a
         compressed-tensors FP8_BLOCK checkpoint's `weight_scale`, which holds what DeepSeek-V3
         calls `weight_scale_inv` (dequant = weight × scale per block in both).
         """
@@ -167,6 +204,8 @@ class FP8(Format):
         tensors = dict(tensors)
         if spec.granularity == "tensor" and "weight_scale" in tensors and tensors["weight_scale"].dim() == 0:
             tensors["weight_scale"] = tensors["weight_scale"].reshape(1)
+        if "input_scale" in tensors and tensors["input_scale"].dim() == 0:
+            tensors["input_scale"] = tensors["input_scale"].reshape(1)
         if spec.granularity == "block" and "weight_scale_inv" not in tensors and "weight_scale" in tensors:
             tensors["weight_scale_inv"] = tensors.pop("weight_scale")
         return super().from_tensors(tensors, spec, shape, name)

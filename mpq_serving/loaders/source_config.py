@@ -26,7 +26,7 @@ def module_spec(qconfig: dict[str, Any] | None, module: str, where: str) -> Quan
     if method == "awq":
         return _awq(qconfig, module, where)
     if method == "fp8":
-        return _fp8_block(qconfig, module)
+        return _fp8_block(qconfig, module, where)
     if method == "compressed-tensors":
         return _compressed_tensors(qconfig, module, where)
     if method == "mpq":
@@ -91,16 +91,22 @@ def _awq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
     )
 
 
-def _fp8_block(qc: dict[str, Any], module: str) -> QuantSpec | None:
+def _fp8_block(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
     if any(module.startswith(m) or module.endswith(m) for m in qc.get("modules_to_not_convert") or []):
         return None
-    # `activation_scheme: dynamic` (DeepSeek-V3, Qwen3-FP8): fp8 activations scaled on the fly, as a
-    # compressed-tensors FP8_DYNAMIC / FP8_BLOCK group reads; `static` (AutoFP8) has no dynamic equivalent.
-    activation = "fp8" if str(qc.get("activation_scheme", "")).lower() == "dynamic" else None
+    # `activation_scheme: dynamic` (DeepSeek-V3, Qwen3-FP8): fp8 activations scaled on the fly (per token
+    # group of the block width with block weights); `static` (AutoFP8): the stored per-tensor input_scale.
+    scheme = str(qc.get("activation_scheme", "dynamic")).lower()
+    if scheme not in ("dynamic", "static"):
+        raise CheckpointError(f"{where}: fp8 activation_scheme {scheme!r} is not one of dynamic, static")
+    activation = "fp8" if scheme == "dynamic" else "fp8_static"
     block = qc.get("weight_block_size")
     if block:
         if len(block) != 2 or block[0] != block[1]:
-            raise CheckpointError(f"weight_block_size {block}: only square blocks are supported")
+            raise CheckpointError(f"{where}: weight_block_size {block}: only square blocks are supported")
+        if scheme == "static":
+            raise CheckpointError(f"{where}: fp8 block weights with activation_scheme static; vLLM and SGLang run "
+                                  "block weights with dynamic activations only")
         return QuantSpec("fp8", group_size=int(block[0]), granularity="block", activation=activation)
     return QuantSpec("fp8", granularity="tensor", activation=activation)
 
@@ -120,15 +126,13 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
         w = group.get("weights") or {}
         fmt = str(group.get("format") or qc.get("format") or "").lower()
         act = group.get("input_activations")
+        label = f"{where}: compressed-tensors group {group_name!r}"
         bits, kind, strategy = int(w.get("num_bits", 16)), w.get("type", "int"), w.get("strategy", "tensor")
-        activation = None
-        if act and act.get("dynamic") and int(act.get("num_bits", 16)) == 8:
-            activation = "fp8" if act.get("type") == "float" else "int8"
         mx_scales = "uint8" in str(w.get("scale_dtype"))  # E8M0 scales: compressed-tensors' MX test
         if "mxfp4" in fmt or (bits == 4 and kind == "float" and w.get("group_size") == 32 and "nvfp4" not in fmt):
-            return QuantSpec("mxfp4", group_size=32, activation=_ct_mx_activation(act))
+            return QuantSpec("mxfp4", group_size=32, activation=_ct_mx_activation(act, label))
         if "mxfp8" in fmt or (bits == 8 and kind == "float" and w.get("group_size") == 32 and mx_scales):
-            return QuantSpec("mxfp8", group_size=32, activation=_ct_mx_activation(act))
+            return QuantSpec("mxfp8", group_size=32, activation=_ct_mx_activation(act, label))
         if bits == 8 and kind == "float" and strategy == "block":
             b = w.get("block_structure") or [128, 128]
             if len(b) != 2 or b[0] != b[1]:
@@ -136,10 +140,13 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
                     f"{where}: compressed-tensors group {group_name!r} has block_structure {b}; "
                     "only square fp8 blocks are supported"
                 )
+            activation = _ct_activation(act, "fp8", label, int(b[0]))
             return QuantSpec("fp8", group_size=int(b[0]), granularity="block", activation=activation)
         if bits == 8 and kind == "float" and strategy in ("tensor", "channel"):
+            activation = _ct_activation(act, "fp8", label)
             return QuantSpec("fp8", granularity=strategy, activation=activation)
         if bits == 8 and kind == "int" and strategy == "channel":
+            activation = _ct_activation(act, "int8", label)
             return QuantSpec("int8", activation=activation)
         if bits == 4 and kind == "int" and strategy in ("group", "channel"):
             if str(w.get("actorder")).lower() in ("group", "dynamic", "true"):
@@ -150,6 +157,7 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
                     "(a weight_g_idx permutation); ct_int4 reads contiguous groups only"
                 )
             gs = int(w.get("group_size") or -1) if strategy == "group" else -1
+            _ct_activation(act, None, label)
             return QuantSpec("ct_int4", group_size=gs, symmetric=bool(w.get("symmetric", True)))
         raise CheckpointError(
             f"{where}: compressed-tensors group {group_name!r} ({bits}-bit {kind}, {strategy}, format {fmt!r}) "
@@ -158,11 +166,42 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
     return None
 
 
-def _ct_mx_activation(act: dict[str, Any] | None) -> str | None:
-    """The MX format of a dynamic per-32 float activation group (MXFP4 / MXFP8 presets), else None."""
-    if not act or not act.get("dynamic") or act.get("type") != "float" or act.get("group_size") != 32:
+def _ct_activation(act: dict[str, Any] | None, weight_kind: str | None, where: str,
+                   block: int | None = None) -> str | None:
+    """The activation scheme a group declares, as our spec names it; anything we would not run as declared
+    (static int8, asymmetric inputs, other strategies) is refused here rather than silently run weight-only."""
+    if not act:
         return None
-    return {4: "mxfp4", 8: "mxfp8"}.get(int(act.get("num_bits", 16)))
+    bits, kind = int(act.get("num_bits", 16)), act.get("type", "int")
+    strategy, dynamic = act.get("strategy"), act.get("dynamic")
+    label = f"{where}: input_activations ({bits}-bit {kind}, {strategy}, dynamic={dynamic})"
+    if bits >= 16:
+        return None
+    if act.get("symmetric") is False:
+        raise CheckpointError(f"{label}: asymmetric activations (input_zero_point) are not run by mpq-serving")
+    if weight_kind == "fp8" and kind == "float" and bits == 8:
+        if dynamic is True and block is None and strategy == "token":
+            return "fp8"
+        if dynamic is True and block is not None and strategy == "group" and act.get("group_size") == block:
+            return "fp8"  # per token and per group of the block width: how fp8 block weights run
+        if dynamic is False and block is None and strategy == "tensor":
+            return "fp8_static"
+    if weight_kind == "int8" and kind == "int" and bits == 8 and dynamic is True and strategy == "token":
+        return "int8"
+    raise CheckpointError(f"{label}: this activation scheme is not one mpq-serving runs with these weights, "
+                          "and running the layer weight-only instead would silently change its numerics")
+
+
+def _ct_mx_activation(act: dict[str, Any] | None, where: str) -> str | None:
+    """The MX format of a dynamic per-32 float activation group (MXFP4 / MXFP8 presets); None without one."""
+    if not act or int(act.get("num_bits", 16)) >= 16:
+        return None
+    if act.get("dynamic") is True and act.get("type") == "float" and act.get("group_size") == 32:
+        mx = {4: "mxfp4", 8: "mxfp8"}.get(int(act.get("num_bits", 16)))
+        if mx:
+            return mx
+    raise CheckpointError(f"{where}: input_activations {act} with MX weights is not a scheme mpq-serving runs "
+                          "(dynamic per-32 float4 / float8 only)")
 
 
 def merge_specs(plan: QuantSpec, stored: QuantSpec, module: str, where: str) -> QuantSpec:

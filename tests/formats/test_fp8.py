@@ -14,14 +14,19 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from compressed_tensors.compressors.naive_quantized.base import NaiveQuantizationCompressor
+from compressed_tensors.compressors.naive_quantized.base import (
+    NaiveQuantizationCompressor,
+)
 from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationScheme,
     initialize_module_for_quantization,
 )
 from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize
-from compressed_tensors.quantization.utils import calculate_qparams, maybe_pad_tensor_for_block_quant
+from compressed_tensors.quantization.utils import (
+    calculate_qparams,
+    maybe_pad_tensor_for_block_quant,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -398,10 +403,18 @@ def test_from_tensors_wrong_shape_names_the_tensor() -> None:
 # --- matmul ------------------------------------------------------------------------------------------
 
 
-def ref_w8a8(x: np.ndarray, q_codes: np.ndarray, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 y and |x|@|W|^T from x quantized per row here (amax/448) and W decoded from its bytes."""
-    xs = ref_scale(np.abs(x).max(axis=1, keepdims=True)).astype(np.float64)
-    xd = E4M3[ref_fp8_codes(x / xs.astype(np.float32))] * xs
+def ref_w8a8(x: np.ndarray, q_codes: np.ndarray, w_scale: np.ndarray,
+             group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float64 y and |x|@|W|^T from x quantized here (amax/448) and W decoded from its bytes.
+
+    x is scaled per row, or per row and per `group` columns (block weights: DeepSeek-V3's per-token-group rule).
+    """
+    xd = np.zeros(x.shape, dtype=np.float64)
+    step = group or x.shape[1]
+    for start in range(0, x.shape[1], step):
+        part = x[:, start:start + step]
+        xs = ref_scale(np.abs(part).max(axis=1, keepdims=True)).astype(np.float64)
+        xd[:, start:start + step] = E4M3[ref_fp8_codes(part / xs.astype(np.float32))] * xs
     wd = E4M3[q_codes] * w_scale
     return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
 
@@ -417,7 +430,8 @@ def test_w8a8_matmul_matches_float64_reference(w: torch.Tensor, spec: QuantSpec,
         x[0] = 0  # an all-zero token must give an all-zero output row
     stored = q.tensors[scale_key(q.spec)].numpy().astype(np.float64)
     s = ref_expand(stored, q.spec.group_size, q.shape) if q.spec.granularity == "block" else stored
-    ref, mag = ref_w8a8(x, codes(q.tensors["weight"]), s)
+    group = q.spec.group_size if q.spec.granularity == "block" else None
+    ref, mag = ref_w8a8(x, codes(q.tensors["weight"]), s, group)
     y = FP8.matmul(torch.from_numpy(x), q).double().numpy()
     assert np.all(np.abs(y - ref) <= 2.0**-24 * np.abs(ref) + 2.0**-40 * mag + 2.0**-149)
     if tokens > 3:
@@ -443,3 +457,54 @@ def test_weight_only_matmul_is_float32_dequant_matmul() -> None:
     assert torch.equal(FP8.matmul(x, q), x @ FP8.dequantize(q).t())
     w8a8 = FP8.matmul(x, FP8.quantize(w, QuantSpec("fp8", granularity="block", group_size=32, activation="fp8")))
     assert w8a8.shape == (2, 3, 16) and not torch.equal(w8a8, FP8.matmul(x, q))  # x really is quantized
+
+
+# --- declared activation schemes: static input_scale, per-group with block weights ---------------------------
+
+
+def static_q(w: torch.Tensor, input_scale: float, granularity: str = "channel"):
+    """A static-activation fp8 weight as AutoFP8 / llm-compressor store it: codes, scales, a calibrated input_scale."""
+    q = FP8.quantize(w, QuantSpec("fp8", granularity=granularity))
+    tensors = {**q.tensors, "input_scale": torch.tensor(input_scale)}  # 0-d, as AutoFP8 writes it
+    return FP8.from_tensors(tensors, QuantSpec("fp8", granularity=granularity, activation="fp8_static"), q.shape)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_static_activations_use_the_stored_input_scale(granularity: str) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(24, 40)
+    q = static_q(w, 0.015625, granularity)
+    assert FP8.layout(q.spec, q.shape)["input_scale"] == ((1,), torch.float32)
+    x = torch.randn(5, 40) * 3
+    x[1, 7] = 1e4  # beyond 448 × input_scale: a static scale saturates where a dynamic one would not
+    xs = 0.015625
+    xd = E4M3[ref_fp8_codes(x.numpy() / np.float32(xs))] * xs
+    wd = E4M3[codes(q.tensors["weight"])] * q.tensors["weight_scale"].double().numpy()
+    ref = xd @ wd.T
+    y = FP8.matmul(x, q).double().numpy()
+    assert np.allclose(y, ref, rtol=2.0**-23, atol=1e-30)
+    assert xd[1, 7] == 448 * xs
+    dynamic = FP8.matmul(x, replace(q, spec=replace(q.spec, activation="fp8"))).double().numpy()
+    assert not np.allclose(dynamic, ref)  # the declared scheme is what runs, not another one
+
+
+def test_static_activations_cannot_come_from_rounding_a_weight() -> None:
+    with pytest.raises(FormatError, match="input_scale calibrated on activations"):
+        FP8.quantize(torch.randn(8, 16), QuantSpec("fp8", activation="fp8_static"))
+    with pytest.raises(FormatError, match="block weights take dynamic per-group activations"):
+        FP8.normalize(QuantSpec("fp8", granularity="block", activation="fp8_static"))
+
+
+def test_block_weights_quantize_activations_per_token_group() -> None:
+    """DeepSeek-V3's rule: one scale per token and per 128 columns, so a large value in one group leaves
+    the other groups' resolution alone (a per-token scale would flush their small values)."""
+    torch.manual_seed(1)
+    w = torch.randn(16, 256)
+    q = FP8.quantize(w, QuantSpec("fp8", granularity="block", group_size=128, activation="fp8"))
+    x = torch.randn(2, 256) * 1e-3
+    x[:, 0] = 1e3
+    deq = FP8.fake_quantize_activations(x, q)
+    second = x[:, 128:].double()
+    assert torch.allclose(deq[:, 128:], second, rtol=2.0**-3)  # ~3 mantissa bits kept in the quiet group
+    per_token = FP8.fake_quantize_activations(x, replace(q, spec=replace(q.spec, granularity="channel")))
+    assert (per_token[:, 128:] == 0).float().mean() > 0.5  # what per-token scaling would have done

@@ -7,8 +7,8 @@ it: `apply_quantization_config`, scales from each weight's min / max through the
 `quantization_config` (config_groups, format, ignore: lm_head).  For each, through
 TrueMixedPrecisionLoader:
 
-* every tensor the tool wrote for a module is read (nothing silently left behind but the static
-  `input_scale`), and the tensors returned are byte-identical to the file's;
+* every tensor the tool wrote for a module is read (the static `input_scale` too: a declared static
+  activation scheme is run as declared), and the tensors returned are byte-identical to the file's;
 * our float32 dequantization equals theirs: transformers + compressed-tensors loading the folder with
   `dequantize=True` (their `decompress_model`, their compressors).  For a float32 model that is exact.
   For a bfloat16 model their decompression multiplies in the scale's dtype: code x scale is exact in
@@ -106,6 +106,8 @@ def _calibrate(module: torch.nn.Module) -> None:
     module.weight_scale.data.copy_(scale)
     if hasattr(module, "weight_zero_point"):
         module.weight_zero_point.data.copy_(zero_point)
+    if hasattr(module, "input_scale"):  # a static activation scale: what calibration data would give
+        module.input_scale.data.fill_(0.03125)
 
 
 def write_ct(base: Path, out: Path, groups: dict[str, QuantizationScheme], dtype=BF16, **save) -> Path:
@@ -190,7 +192,7 @@ def load_and_compare(loader: TrueMixedPrecisionLoader, folder: Path, theirs: dic
         assert not loc.quantize_from_base and loc.checkpoint.path == folder, w.name
         for field, value in expect(w.name).items():
             assert getattr(loc.spec, field) == value, (w.name, field, loc.spec)
-        written = {n for n in stored if n.rpartition(".")[0] == w.name} - {f"{w.name}.input_scale"}
+        written = {n for n in stored if n.rpartition(".")[0] == w.name}
         assert set(loc.tensors.values()) == written, w.name
         q = loader.load_module(w.name)
         for suffix, name in loc.tensors.items():
@@ -209,7 +211,7 @@ def single_source_plan(fmt: str, folder: Path, base: Path):
 CT_CASES = [
     # (scheme, model dtype, our format, the format compressed-tensors infers, spec fields read, exact in bf16)
     pytest.param(lambda: preset("FP8"), BF16, "fp8", "float-quantized",
-                 {"granularity": "tensor", "activation": None}, False, id="FP8-tensor-static-act"),
+                 {"granularity": "tensor", "activation": "fp8_static"}, False, id="FP8-tensor-static-act"),
     pytest.param(lambda: preset("FP8_DYNAMIC"), BF16, "fp8", "float-quantized",
                  {"granularity": "channel", "activation": "fp8"}, False, id="FP8_DYNAMIC"),
     pytest.param(lambda: preset("FP8_DYNAMIC"), F32, "fp8", "float-quantized",
@@ -289,6 +291,15 @@ UNREADABLE = [
     pytest.param(lambda: preset("MXFP6A16"), "mxfp4", "is not a scheme mpq-serving reads", id="MXFP6A16"),
     pytest.param(lambda: weights_only(num_bits=8, type="float", strategy="block", block_structure=[64, 128]),
                  "fp8", r"block_structure \[64, 128\]; only square", id="FP8-block-64x128"),
+    # Declared activation schemes we would otherwise have run weight-only: refused, never dropped.
+    pytest.param(lambda: QuantizationScheme(
+        targets=["Linear"], weights=QuantizationArgs(num_bits=8, strategy="channel"),
+        input_activations=QuantizationArgs(num_bits=8, strategy="tensor", dynamic=False)),
+        "int8", r"input_activations \(8-bit int, tensor, dynamic=False\): this activation scheme", id="W8A8-static-int8"),
+    pytest.param(lambda: QuantizationScheme(
+        targets=["Linear"], weights=QuantizationArgs(num_bits=4, group_size=128),
+        input_activations=QuantizationArgs(num_bits=8, strategy="token", dynamic=True)),
+        "ct_int4", "this activation scheme is not one mpq-serving runs", id="W4A8-int"),
 ]
 
 
@@ -356,8 +367,9 @@ def test_autofp8_release_with_0d_scales(tmp_path, base):
     loader = TrueMixedPrecisionLoader(single_source_plan("fp8", folder, base))
     for w in quantized_linears(base):
         q = loader.load_module(w.name)
-        assert q.spec.granularity == "tensor" and q.spec.activation is None
+        assert q.spec.granularity == "tensor" and q.spec.activation == "fp8_static"
         assert torch.equal(q.tensors["weight_scale"], stored[f"{w.name}.weight_scale"].reshape(1))
+        assert torch.equal(q.tensors["input_scale"], stored[f"{w.name}.input_scale"].reshape(1))
         assert torch.equal(fp8.dequantize(q), theirs[f"{w.name}.weight"])
 
 
@@ -475,3 +487,30 @@ def test_module_spec_from_older_spellings(config, outcome):
     else:
         with pytest.raises(CheckpointError, match=outcome):
             module_spec(qc, "model.layers.0.mlp.up_proj", "src")
+
+
+def test_static_fp8_release_runs_its_input_scale_through_pack_and_load(tmp_path, base):
+    """llm-compressor's FP8 preset (static per-tensor input scale) merged with bf16 layers: the packed checkpoint
+    keeps each module's input_scale and declares fp8_static, and the loaded layer quantizes its input with it."""
+    from mpq_serving.loaders.hf_model import load_model
+    from mpq_serving.loaders.pack import pack
+    from mpq_serving.packed_config import PackedConfig
+
+    folder = write_ct(base, tmp_path / "ct", {"group_0": preset("FP8")}, F32)
+    plan = plan_from_dict({"default": {"wq": "bf16"}, "overrides": [{"pattern": "mlp.*", "wq": "fp8"}],
+                           "sources": {"fp8": str(folder)}, "base_model_path": str(base)})
+    packed = pack(plan, tmp_path / "packed", progress=False)
+    config = PackedConfig.read(json.loads((packed / "config.json").read_text())["quantization_config"], "packed")
+    name = "model.layers.0.mlp.down_proj"
+    assert config.modules[name].spec().activation == "fp8_static"
+    stored = file_tensors(packed)
+    assert torch.equal(stored[f"{name}.input_scale"], file_tensors(folder)[f"{name}.input_scale"])
+
+    model = load_model(packed, dtype=F32, progress=False)
+    layer = model.get_submodule(name)
+    x = torch.randn(3, layer.in_features) * 8  # some values beyond 448 × input_scale: they saturate
+    q = TrueMixedPrecisionLoader(plan).load_module(name)
+    fp8 = get_format("fp8")
+    assert torch.equal(layer(x), fp8.matmul(x, q))
+    weight_only = x @ fp8.dequantize(q).t()
+    assert not torch.allclose(layer(x), weight_only, rtol=1e-2)

@@ -46,6 +46,8 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
     spec = get_format(q.format).normalize(q.spec)
     if spec.activation == "fp8" and spec.granularity == "block":
         return False, "W8A8 fp8 with block scales (per-channel / per-tensor only)"
+    if spec.activation == "fp8_static":
+        return False, "static fp8 activations (a stored input_scale): the format's reference runs them"
     variant = "decode split-K" if x.shape[0] <= DECODE_MAX_M else "prefill tiles"
     return True, f"Triton fused dequantize-GEMM ({variant}, M={x.shape[0]})"
 
