@@ -1,6 +1,17 @@
 """Numeric formats, one module each, registered by name on import."""
 
-from . import awq_int4, ct_int4, fp8, gptq_int4, int8, mxfp4, mxfp8, passthrough  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    awq_int4,
+    ct_int4,
+    fp8,
+    gptq_int2,
+    gptq_int4,
+    gptq_int8,
+    int8,
+    mxfp4,
+    mxfp8,
+    passthrough,
+)
 from .base import Format
 from .registry import canonical_name, format_names, get_format, register_format
 from .spec import BF16, QuantizedTensor, QuantSpec

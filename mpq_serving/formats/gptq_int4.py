@@ -24,9 +24,16 @@ Act-order (desc_act): GPTQ visits columns in a permuted order and sets g_idx[per
 so g_idx is not monotonic.  Without a Hessian, round-to-nearest uses descending column L2 norm as
 the order (a stand-in for GPTQ's descending Hessian diagonal); a caller with the real order passes
 `perm` or `g_idx`.  Dequantize honours any g_idx.
+
+GPTQ's 2- and 8-bit layouts are this one with 16 / 4 codes per int32 (element j at bits `bits*j`, v1
+offset one in every field: 0x55555555 / 0x01010101), as GPTQModel's `dequantize_weight` reads them for
+bits in (2, 4, 8); each is a subclass that only sets `bits` (`gptq_int2.py`, `gptq_int8.py`).  3-bit
+packs codes across word boundaries and is not read.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
@@ -49,12 +56,22 @@ from .spec import QuantizedTensor, QuantSpec
 V1_ZERO_OFFSET = 0x11111111  # one in every nibble: GPTQ v1 stores zero - 1
 
 
+def v1_zero_offset(bits: int) -> int:
+    """One in every `bits`-wide field of a 32-bit word (0x11111111 for int4)."""
+    return sum(1 << (bits * j) for j in range(32 // bits))
+
+
 @register_format
 class GPTQInt4(Format):
     """Int4 weights, 8 per int32 along the input dim, fp16 scales, packed zeros and g_idx."""
 
     name = "gptq_int4"
     aliases = ("gptq", "gptq-int4")
+    bits: ClassVar[int] = 4
+
+    @property
+    def per_word(self) -> int:
+        return 32 // self.bits
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(group_size=128, symmetric=True)
@@ -65,10 +82,11 @@ class GPTQInt4(Format):
         super().check_shape(spec, shape, name)
         spec = self.normalize(spec)
         out_f, in_f = shape
-        if in_f % 8 or out_f % 8:
+        n = self.per_word
+        if in_f % n or out_f % n:
             raise FormatError(
-                f"{name}: {self.name} packs 8 values per int32 along both dims; shape {tuple(shape)} "
-                "needs in_features and out_features divisible by 8"
+                f"{name}: {self.name} packs {n} values per int32 along both dims; shape {tuple(shape)} "
+                f"needs in_features and out_features divisible by {n}"
             )
         check_divisible(in_f, spec.group_size, name, self.name)
 
@@ -77,8 +95,8 @@ class GPTQInt4(Format):
         out_f, in_f = shape
         groups = n_groups(spec.group_size, in_f)
         return {
-            "qweight": ((in_f // 8, out_f), torch.int32),
-            "qzeros": ((groups, out_f // 8), torch.int32),
+            "qweight": ((in_f // self.per_word, out_f), torch.int32),
+            "qzeros": ((groups, out_f // self.per_word), torch.int32),
             "scales": ((groups, out_f), torch.float16),
             "g_idx": ((in_f,), torch.int32),
         }
@@ -102,7 +120,7 @@ class GPTQInt4(Format):
         v1_asym = not spec.symmetric and spec.checkpoint_format == "gptq"
         parts = quantize_groups(
             weight, groups, g_idx=g_idx, symmetric=spec.symmetric, scale_dtype=torch.float16, name=name,
-            min_zero=1 if v1_asym else 0,
+            min_zero=1 if v1_asym else 0, bits=self.bits,
         )
         return self.pack(parts, spec)
 
@@ -136,11 +154,11 @@ class GPTQInt4(Format):
     def pack(self, parts: Int4Parts, spec: QuantSpec) -> QuantizedTensor:
         """Write logical int4 parts in the GPTQ layout (see the module docstring)."""
         spec = self.normalize(spec)
-        qzeros = pack_int4(parts.zeros.t(), dim=1)
+        qzeros = pack_int4(parts.zeros.t(), dim=1, bits=self.bits)
         if spec.checkpoint_format == "gptq":
-            qzeros = to_int32(qzeros.to(torch.int64) - V1_ZERO_OFFSET)
+            qzeros = to_int32(qzeros.to(torch.int64) - v1_zero_offset(self.bits))
         tensors = {
-            "qweight": pack_int4(parts.codes.t(), dim=0),
+            "qweight": pack_int4(parts.codes.t(), dim=0, bits=self.bits),
             "qzeros": qzeros,
             "scales": dense(parts.scales.t().to(torch.float16)),
             "g_idx": parts.full_g_idx().to(torch.int32),
@@ -153,7 +171,7 @@ class GPTQInt4(Format):
         t = q.tensors
         qzeros = t["qzeros"]
         if q.spec.checkpoint_format == "gptq":
-            qzeros = to_int32(qzeros.to(torch.int64) + V1_ZERO_OFFSET)
+            qzeros = to_int32(qzeros.to(torch.int64) + v1_zero_offset(self.bits))
         scales = t["scales"].t()
         g_idx = t["g_idx"].to(torch.int64)
         groups = scales.shape[1]
@@ -162,9 +180,9 @@ class GPTQInt4(Format):
         if in_f % groups == 0 and torch.equal(g_idx, contiguous_g_idx(in_f, in_f // groups, g_idx.device)):
             g_idx = None  # the usual case: a reshape instead of a gather
         return Int4Parts(
-            codes=unpack_int4(t["qweight"], dim=0, length=in_f).t(),
+            codes=unpack_int4(t["qweight"], dim=0, length=in_f, bits=self.bits).t(),
             scales=scales,
-            zeros=unpack_int4(qzeros, dim=1, length=out_f).t(),
+            zeros=unpack_int4(qzeros, dim=1, length=out_f, bits=self.bits).t(),
             g_idx=g_idx,
         )
 

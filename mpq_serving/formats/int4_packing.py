@@ -1,8 +1,10 @@
-"""Shared int4 machinery for the GPTQ, AWQ and compressed-tensors layouts.
+"""Shared int4 machinery for the GPTQ, AWQ and compressed-tensors layouts (and GPTQ's 2 / 8 bits).
 
 All three store 4-bit codes 0..15 eight to an int32 word (nibble j at bits 4j..4j+3) and differ only
 in the packed axis, the nibble order and how zero points are written; so packing lives here once,
-as does the round-to-nearest group quantizer they share.
+as does the round-to-nearest group quantizer they share.  GPTQ's 2- and 8-bit layouts are the same
+with 16 / 4 codes per word at bits `bits*j`, so every function takes `bits` (default 4) and the
+numbers below scale with it (15 → 2**bits - 1, 7 → 2**(bits-1) - 1, 8 → 2**(bits-1)).
 
 Quantizer (per output row and group, over the group's columns):
 
@@ -71,32 +73,36 @@ class Int4Parts:
         return contiguous_g_idx(in_f, in_f // self.scales.shape[1], self.codes.device)
 
 
-def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Pack codes 0..15 along `dim`, 8 per int32: nibble j of word c holds element 8c + order[j].
+def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = None, bits: int = 4) -> torch.Tensor:
+    """Pack codes 0..2**bits-1 along `dim`, 32/bits per int32: element j of word c (bits*j and up) holds
+    element (32/bits)c + order[j].
 
-    A length that is not a multiple of 8 is zero-padded, as compressed-tensors' `pack_to_int32` does.
+    A length that is not a multiple of 32/bits is zero-padded, as compressed-tensors' `pack_to_int32` does.
     """
+    per_word = 32 // bits
     x = codes.movedim(dim, -1).to(torch.int32)
-    pad = -x.shape[-1] % NIBBLES
+    pad = -x.shape[-1] % per_word
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
-    words = x.reshape(*x.shape[:-1], -1, NIBBLES)
-    order = order or tuple(range(NIBBLES))
+    words = x.reshape(*x.shape[:-1], -1, per_word)
+    order = order or tuple(range(per_word))
     packed = words[..., order[0]].clone()
-    for j in range(1, NIBBLES):  # 8 whole-tensor ops; the shift wraps nibble 7 into the sign bit
-        packed |= words[..., order[j]] << (4 * j)
+    for j in range(1, per_word):  # whole-tensor ops; the last shift wraps into the sign bit
+        packed |= words[..., order[j]] << (bits * j)
     return dense(packed.movedim(-1, dim))
 
 
-def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Inverse of `pack_int4`: int32 codes 0..15 with `length` elements along `dim`."""
+def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, ...] | None = None,
+                bits: int = 4) -> torch.Tensor:
+    """Inverse of `pack_int4`: int32 codes 0..2**bits-1 with `length` elements along `dim`."""
     p = packed.movedim(dim, -1)
-    shifts = torch.arange(0, 32, 4, dtype=p.dtype, device=p.device)
-    nibbles = (p.unsqueeze(-1) >> shifts) & 0xF  # arithmetic shift: the sign bits are masked off
+    per_word = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=p.dtype, device=p.device)
+    fields = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # arithmetic shift: the sign bits are masked off
     if order is not None:
-        inverse = sorted(range(NIBBLES), key=lambda k: order[k])
-        nibbles = nibbles[..., inverse]
-    codes = nibbles.reshape(*p.shape[:-1], -1)[..., :length]
+        inverse = sorted(range(per_word), key=lambda k: order[k])
+        fields = fields[..., inverse]
+    codes = fields.reshape(*p.shape[:-1], -1)[..., :length]
     return codes.to(torch.int32).movedim(-1, dim).contiguous()
 
 
@@ -136,8 +142,10 @@ def quantize_groups(
     scale_dtype: torch.dtype,
     name: str,
     min_zero: int = 0,
+    bits: int = 4,
 ) -> Int4Parts:
-    """Round-to-nearest int4 of a finite [out, in] weight in `groups` groups (see the module docstring).
+    """Round-to-nearest int4 (or `bits`-bit) of a finite [out, in] weight in `groups` groups (see the module
+    docstring).
 
     Groups are contiguous unless `g_idx` (int [in]) assigns each column its group.
 
@@ -156,21 +164,22 @@ def quantize_groups(
         # include_self folds the initial 0 into each group: the range always contains 0.
         hi = zero.scatter_reduce(1, index, w, "amax").double()
         lo = zero.scatter_reduce(1, index, w, "amin").double()
+    top, mid = (1 << bits) - 1, 1 << (bits - 1)  # 15 and 8 for int4
     if symmetric:
-        scales = ceil_to_dtype(torch.maximum(hi, -lo) / 7, scale_dtype, name)
-        zeros = torch.full_like(scales, 8, dtype=torch.int32)
+        scales = ceil_to_dtype(torch.maximum(hi, -lo) / (mid - 1), scale_dtype, name)
+        zeros = torch.full_like(scales, mid, dtype=torch.int32)
     else:
-        scales = ceil_to_dtype((hi - lo) / 15, scale_dtype, name)
-        zeros = torch.round(-lo / scales.double()).clamp(0, 15).to(torch.int32)
+        scales = ceil_to_dtype((hi - lo) / top, scale_dtype, name)
+        zeros = torch.round(-lo / scales.double()).clamp(0, top).to(torch.int32)
         if min_zero:
-            # zero 0 only when -lo < scale/2: shift the grid to [-scale, 14 scale] so hi still fits.
+            # zero 0 only when -lo < scale/2: shift the grid to [-scale, (top-1) scale] so hi still fits.
             low = zeros < min_zero
-            shifted = ceil_to_dtype(torch.where(low, hi / (15 - min_zero), 0.0), scale_dtype, name)
+            shifted = ceil_to_dtype(torch.where(low, hi / (top - min_zero), 0.0), scale_dtype, name)
             scales = torch.where(low, shifted, scales)
             zeros = torch.where(low, min_zero, zeros)
     s = scales.to(torch.float32)
-    z = (zeros - 8).to(torch.float32)
-    steps = 7 if symmetric else torch.maximum(zeros, 15 - zeros)
+    z = (zeros - mid).to(torch.float32)
+    steps = (mid - 1) if symmetric else torch.maximum(zeros, top - zeros)
     if torch.isinf(s * steps).any():  # only bfloat16 scales reach this, for |w| near float32's max
         raise FormatError(
             f"{name}: weights up to {float(torch.maximum(hi, -lo).max()):.4g} are too close to float32's limit: "
@@ -180,7 +189,7 @@ def quantize_groups(
         signed = grouped / s.unsqueeze(-1) + z.unsqueeze(-1)
     else:
         signed = w / s[:, g_idx] + z[:, g_idx]
-    codes = torch.round(torch.clamp(signed, -8, 7)).to(torch.int32).reshape(out_f, in_f) + 8
+    codes = torch.round(torch.clamp(signed, -mid, mid - 1)).to(torch.int32).reshape(out_f, in_f) + mid
     return Int4Parts(codes, scales, zeros, g_idx)
 
 

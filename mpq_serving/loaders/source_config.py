@@ -40,15 +40,21 @@ def spec_to_dict(spec: QuantSpec) -> dict[str, Any]:
             and not (k == "checkpoint_format" and v == "gptq")}
 
 
-def _bits(qconfig: dict[str, Any], where: str) -> None:
-    bits = qconfig.get("bits", qconfig.get("w_bit", 4))
-    if int(bits) != 4:
-        raise CheckpointError(f"{where}: {bits}-bit weights; only 4-bit GPTQ / AWQ is supported")
+GPTQ_BITS = {2: "gptq_int2", 4: "gptq_int4", 8: "gptq_int8"}
+
+
+def _gptq_format(bits: Any, where: str) -> str:
+    if int(bits) == 3:
+        raise CheckpointError(f"{where}: 3-bit GPTQ packs codes across int32 words, a layout mpq-serving does "
+                              "not read (2, 4 and 8 bits are read)")
+    if int(bits) not in GPTQ_BITS:
+        raise CheckpointError(f"{where}: {bits}-bit GPTQ weights; GPTQ is read at 2, 4 or 8 bits")
+    return GPTQ_BITS[int(bits)]
 
 
 def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
-    _bits(qc, where)
     fields = {
+        "bits": qc.get("bits", 4),
         "group_size": int(qc.get("group_size", 128)),
         "desc_act": bool(qc.get("desc_act", False)),
         "sym": bool(qc.get("sym", True)),
@@ -59,9 +65,10 @@ def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
         if re.match(regex, module):
             if negative:
                 return None  # GPTQModel: `-:` excludes the module from quantization
-            _bits(override, f"{where} (dynamic {pattern!r})")
-            fields.update({k: override[k] for k in ("group_size", "desc_act", "sym") if k in override})
+            # GPTQModel's per-module overrides: any of bits, group_size, desc_act, sym
+            fields.update({k: override[k] for k in ("bits", "group_size", "desc_act", "sym") if k in override})
             break
+    fmt_name = _gptq_format(fields["bits"], f"{where}: module {module}" if qc.get("dynamic") else where)
     # GPTQModel writes the layout as `format` and (legacy, still read by vLLM) `checkpoint_format`; older
     # writers only the latter, AutoGPTQ's Marlin repack only `is_marlin_format`.  None of them: v1.
     fmt = str(qc.get("checkpoint_format") or qc.get("format") or ("marlin" if qc.get("is_marlin_format") else "gptq"))
@@ -69,7 +76,7 @@ def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
     if fmt not in ("gptq", "gptq_v2"):
         raise CheckpointError(f"{where}: GPTQ checkpoint_format {fmt!r} is not supported (gptq or gptq_v2)")
     return QuantSpec(
-        "gptq_int4",
+        fmt_name,
         group_size=int(fields["group_size"]),
         symmetric=bool(fields["sym"]),
         act_order=bool(fields["desc_act"]),
@@ -78,7 +85,9 @@ def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
 
 
 def _awq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
-    _bits(qc, where)
+    bits = qc.get("bits", qc.get("w_bit", 4))
+    if int(bits) != 4:
+        raise CheckpointError(f"{where}: {bits}-bit AWQ weights; AutoAWQ's GEMM layout is read at 4 bits")
     version = str(qc.get("version", "gemm")).lower()
     if version != "gemm":
         raise CheckpointError(f"{where}: AWQ version {version!r}; only the GEMM layout is supported")

@@ -432,3 +432,71 @@ def test_bfloat16_input_and_matmul():
     x = torch.randn(3, 256, dtype=torch.bfloat16)
     ref = (x.float() @ GPTQ.dequantize(q).t()).to(torch.bfloat16)
     assert torch.equal(GPTQ.matmul(x, q), ref)
+
+
+# ---------------------------------------------------------------- 2- and 8-bit GPTQ (gptq_int2, gptq_int8)
+
+# gptqmodel/utils/model.py `convert_gptq_v1_to_v2_format_module`: the word added to v1 qzeros per width.
+GPTQMODEL_V1_TO_V2 = {2: 0b01010101010101010101010101010101, 8: 0b00000001000000010000000100000001}
+
+
+class GPTQModelWidth(GPTQModelTorchLinear):
+    """TorchQuantLinear's attributes at another width (BaseQuantLinear: maxq 2**bits - 1, pack_factor
+    32 // bits, int16 codes for 8 bits)."""
+
+    def __init__(self, bits: int, tensors: dict[str, torch.Tensor], in_features: int, checkpoint_format: str):
+        self.bits, self.maxq, self.pack_factor = bits, 2**bits - 1, 32 // bits
+        self.dequant_dtype = torch.int16 if bits == 8 else torch.int8
+        self.qweight, self.g_idx, self.in_features = tensors["qweight"], tensors["g_idx"], in_features
+        self.scales = tensors["scales"].float()
+        self.qzeros = tensors["qzeros"].clone()
+        if checkpoint_format == "gptq":
+            self.qzeros.data += GPTQMODEL_V1_TO_V2[bits]
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+@pytest.mark.parametrize("group_size, symmetric, act_order, checkpoint_format", [
+    (32, True, False, "gptq"), (32, False, False, "gptq"), (64, False, False, "gptq_v2"),
+    (-1, True, False, "gptq"), (32, False, True, "gptq"), (32, True, True, "gptq_v2"),
+])
+def test_other_widths_dequantize_as_gptqmodel_and_autogptq_unpack(bits, group_size, symmetric, act_order,
+                                                                 checkpoint_format):
+    fmt = get_format(f"gptq_int{bits}")
+    torch.manual_seed(bits)
+    w = torch.randn(48, 128) * torch.logspace(-2, 1, 128)
+    w[3] = 0.0
+    w[5] = w[5].abs()  # a row with no negative values: asymmetric zero at its edge
+    spec = QuantSpec(fmt.name, group_size=group_size, symmetric=symmetric, act_order=act_order,
+                     checkpoint_format=checkpoint_format)
+    q = fmt.quantize(w, spec, name=NAME)
+    per_word = 32 // bits
+    assert q.tensors["qweight"].shape == (128 // per_word, 48)
+    assert q.tensors["qzeros"].shape == ((1 if group_size == -1 else 128 // group_size), 48 // per_word)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in q.tensors.items()} == fmt.layout(spec, (48, 128))
+
+    ours = fmt.dequantize(q)
+    theirs = GPTQModelWidth(bits, q.tensors, 128, checkpoint_format).dequantize_weight()
+    assert torch.equal(ours, theirs.t().contiguous())
+    if checkpoint_format == "gptq" and not act_order:  # AutoGPTQ's reader: v1, contiguous groups
+        wf = torch.tensor(list(range(0, 32, bits)), dtype=torch.int32).unsqueeze(0)
+        group = 128 if group_size == -1 else group_size
+        ref = autogptq_dequant(q.tensors["qweight"], q.tensors["qzeros"], q.tensors["scales"].float(), wf, bits, group)
+        assert torch.equal(ours, ref.t())
+
+    g_idx = q.tensors["g_idx"].long()
+    step = q.tensors["scales"].double().t()[:, g_idx]
+    assert ((ours.double() - w.double()).abs() <= step / 2 * (1 + 2**-20)).all()
+
+
+def test_widths_differ_in_size_and_error():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    errors, sizes = [], []
+    for bits in (2, 4, 8):
+        fmt = get_format(f"gptq_int{bits}")
+        spec = QuantSpec(fmt.name, group_size=128)
+        errors.append(float((fmt.dequantize(fmt.quantize(w, spec)) - w).pow(2).mean()))
+        sizes.append(fmt.bits_per_weight(spec, (64, 256)))
+    assert errors[0] > errors[1] > errors[2]
+    assert sizes == pytest.approx([2 + (16 + 2) / 128 + 32 / 64, 4 + (16 + 4) / 128 + 32 / 64,
+                                   8 + (16 + 8) / 128 + 32 / 64])

@@ -57,6 +57,8 @@ def _why_not(fmt: str) -> str:
         "mxfp8": "vLLM has no MXFP8 linear kernel on this device",
         "mxfp4": "vLLM's MXFP4 linear path is GPU-only (and needs OCP-MX compressed-tensors schemes)",
         "int8": "our int8 is weight-only; vLLM's int8 method (W8A8) also quantizes activations",
+        "gptq_int8": "2- and 8-bit GPTQ run on our kernels (vLLM's GPTQ method is wired here for 4-bit parts)",
+        "gptq_int2": "2- and 8-bit GPTQ run on our kernels (vLLM's GPTQ method is wired here for 4-bit parts)",
         "bf16": "bf16 part of a fused layer whose other parts are quantized",
         "fp16": "fp16 part of a fused layer",
         "fp32": "fp32 part of a fused layer",

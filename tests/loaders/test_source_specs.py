@@ -1,7 +1,8 @@
-"""What each release's config declares about activations becomes the spec's activation, or a refusal.
+"""What a release's config says about one module becomes its spec, or a refusal naming it.
 
-Running a layer weight-only when its release declares quantized activations changes its numerics
-silently, so every declared scheme is either mapped to one that runs as declared or refused naming it.
+Activations: running a layer weight-only when its release declares quantized activations changes its
+numerics silently, so every declared scheme is either mapped to one that runs as declared or refused.
+Widths: GPTQ at 2, 4 and 8 bits, per module through GPTQModel's `dynamic` overrides.
 """
 
 from __future__ import annotations
@@ -57,3 +58,36 @@ def test_activation_schemes_not_run_as_declared_are_refused(config, message):
     with pytest.raises(CheckpointError, match=message) as e:
         module_spec(config, MODULE, "release")
     assert "release" in str(e.value)
+
+
+# --- GPTQ widths and GPTQModel `dynamic` (per-module bits) --------------------------------------------------
+
+GPTQ_MIX = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
+            "format": "gptq", "dynamic": {r"+:.*\.mlp\.down_proj": {"bits": 8, "group_size": 64},
+                                          r"-:.*\.self_attn\.o_proj": {}}}
+
+
+@pytest.mark.parametrize("module, fmt, group", [
+    ("model.layers.3.mlp.down_proj", "gptq_int8", 64),  # the release's 8-bit modules
+    ("model.layers.3.mlp.up_proj", "gptq_int4", 128),
+    ("model.layers.3.self_attn.o_proj", None, None),  # `-:` left unquantized
+])
+def test_gptqmodel_dynamic_gives_modules_their_own_bits(module, fmt, group):
+    spec = module_spec(GPTQ_MIX, module, "release")
+    if fmt is None:
+        assert spec is None
+    else:
+        assert (spec.format, spec.group_size) == (fmt, group)
+
+
+@pytest.mark.parametrize("bits, fmt", [(2, "gptq_int2"), (4, "gptq_int4"), (8, "gptq_int8")])
+def test_gptq_widths(bits, fmt):
+    assert module_spec({"quant_method": "gptq", "bits": bits}, MODULE, "release").format == fmt
+
+
+def test_3_bit_gptq_is_refused_naming_the_module():
+    config = {**GPTQ_MIX, "dynamic": {r".*\.mlp\.down_proj": {"bits": 3}}}
+    with pytest.raises(CheckpointError, match=r"module model.layers.0.mlp.down_proj: 3-bit GPTQ packs codes"):
+        module_spec(config, MODULE, "release")
+    with pytest.raises(CheckpointError, match="8-bit AWQ"):
+        module_spec({"quant_method": "awq", "bits": 8}, MODULE, "release")
