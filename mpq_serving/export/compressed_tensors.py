@@ -10,7 +10,9 @@ unquantized layers.  Our formats map as follows (tensor names as compressed-tens
 | int8 + `aq: int8` | int-quantized | W8A8: int8 channel weights, dynamic per-token int8 inputs | weight, weight_scale |
 | int8 | pack-quantized | W8A16 (int8 channel) | weight_packed (4 per int32), weight_scale, weight_shape |
 | gptq_int4 / awq_int4 / ct_int4 | pack-quantized | W4A16 group / channel, sym or asym | weight_packed, weight_scale, weight_zero_point (asym), weight_shape |
+| gptq_int8 / ct_int8 | pack-quantized | W8A16 group / channel, sym or asym | the same, 4 codes per int32 |
 | fp8 (+ `aq: fp8`) | float-quantized | FP8 tensor / channel / block weights (+ dynamic fp8 inputs) | weight, weight_scale |
+| fp8 + `aq: fp8_static` | float-quantized | FP8 with static per-tensor inputs | weight, weight_scale, input_scale |
 | mxfp4 (+ `aq: mxfp4`) | mxfp4-pack-quantized | MXFP4A16 / MXFP4 | weight_packed, weight_scale |
 | mxfp8 (+ `aq: mxfp8`) | mxfp8-quantized | MXFP8A16 / MXFP8 | weight, weight_scale |
 | bf16 / fp16 | (ignore) | unquantized | weight |
@@ -46,7 +48,7 @@ from .source import open_source
 QUANT_METHOD = "compressed-tensors"
 MIXED = "mixed-precision"
 EXPORT_KIND = "compressed-tensors-export"  # the output kind (see outputs.py) of this export
-_INT4 = {"gptq_int4", "awq_int4", "ct_int4"}
+_PACKED_BITS = {"gptq_int4": 4, "awq_int4": 4, "ct_int4": 4, "gptq_int8": 8, "ct_int8": 8}  # → pack-quantized
 _UNQUANTIZED = {"bf16", "fp16"}
 # Projections the engines fuse into one layer, which then takes one scheme.
 _FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -122,13 +124,13 @@ def scheme_for(spec: QuantSpec, name: str) -> Scheme | None:
         if spec.activation == "int8":
             return Scheme("int-quantized", w, _args(8, "int", "token", dynamic=True))
         return Scheme("pack-quantized", w, None)
-    if kind in _INT4:
+    if kind in _PACKED_BITS:
         if spec.act_order:
             raise ExportRefused(f"{name}: {spec.describe()} uses act-order (a g_idx permutation); compressed-tensors "
                                 "dropped group activation ordering and vLLM refuses it — re-pack it without act-order")
         gs = spec.group_size
         strategy = "channel" if gs == -1 else "group"
-        return Scheme("pack-quantized", _args(4, "int", strategy, symmetric=bool(spec.symmetric),
+        return Scheme("pack-quantized", _args(_PACKED_BITS[kind], "int", strategy, symmetric=bool(spec.symmetric),
                                               group_size=None if gs == -1 else gs), None)
     if kind == "fp8":
         if spec.granularity == "block":
@@ -162,11 +164,12 @@ def convert_tensors(q: QuantizedTensor) -> dict[str, torch.Tensor]:
     if kind == "int8":
         return {"weight_packed": _pack_int8(t["weight"]), "weight_scale": t["weight_scale"],
                 "weight_shape": torch.tensor(q.shape, dtype=torch.int64)}
-    if kind in _INT4:
+    if kind in _PACKED_BITS:
         parts = fmt.unpack(q)  # type: ignore[attr-defined]
         spec = fmt.normalize(q.spec)
-        ct = get_format("ct_int4").pack(parts, QuantSpec("ct_int4", group_size=spec.group_size,
-                                                         symmetric=bool(spec.symmetric)))
+        target = "ct_int4" if _PACKED_BITS[kind] == 4 else "ct_int8"
+        ct = get_format(target).pack(parts, QuantSpec(target, group_size=spec.group_size,  # type: ignore[attr-defined]
+                                                      symmetric=bool(spec.symmetric)))
         tensors = dict(ct.tensors)
         tensors["weight_scale"] = parts.scales.contiguous()  # keep GPTQ / AWQ fp16 scales exactly
         return tensors

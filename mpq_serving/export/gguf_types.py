@@ -4,7 +4,7 @@
 |---|---|---|
 | bf16 / fp16 / fp32 | BF16 / F16 / F32 | the same numbers |
 | int8 | Q8_0 | our int8 codes; the per-channel scale rounded to the block's fp16 `d` (≤ 2^-11 relative) |
-| fp8, mxfp8, gptq_int8 | Q8_0 | requantized from our dequantized weight (int8 per 32, fp16 scale) |
+| fp8, mxfp8, gptq_int8, ct_int8 | Q8_0 | requantized from our dequantized weight (int8 per 32, fp16 scale) |
 | gptq_int4 / awq_int4 / ct_int4, symmetric | Q4_0 | exact: our codes, our group scale as the block's fp16 `d` |
 | same, asymmetric | Q4_1 | our codes and `d`; `m` = -zero × scale rounded to fp16 |
 | mxfp4 | MXFP4 | exact: the same E2M1 codes and E8M0 exponent, nibbles reordered |
@@ -35,7 +35,7 @@ from ..formats.int4_packing import Int4Parts
 T = GGMLQuantizationType
 BLOCK = 32
 _INT4 = {"gptq_int4", "awq_int4", "ct_int4"}
-_TO_Q8 = {"fp8", "mxfp8", "gptq_int8"}
+_TO_Q8 = {"fp8", "mxfp8", "gptq_int8", "ct_int8"}
 _FLOAT = {"bf16": T.BF16, "fp16": T.F16, "fp32": T.F32}
 
 

@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (registration)
     awq_int4,
     ct_int4,
+    ct_int8,
     fp8,
     gptq_int2,
     gptq_int4,

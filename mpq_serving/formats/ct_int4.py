@@ -13,9 +13,14 @@ w = (q - z) * scale.  Follows compressed-tensors 0.20 `PackedQuantizationCompres
 `decompress` (compressors/pack_quantized/base.py) and `pack_to_int32` / `unpack_from_int32`
 (compressors/pack_quantized/helpers.py).  Internally codes and zeros are kept unsigned (+8), the
 same numbers GPTQ and AWQ store.
+
+The same compressor writes 8-bit weights (llm-compressor's W8A16 preset) with 4 codes per int32 and
+offset 128 (`pack_to_int32(num_bits=8)`); `ct_int8.py` is this class at that width.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
@@ -36,16 +41,18 @@ from .spec import QuantizedTensor, QuantSpec
 SCALE_DTYPE = torch.bfloat16  # llm-compressor keeps the model's dtype; bf16 for today's models
 
 
-def _ceil8(n: int) -> int:
-    return -(-n // 8)
-
-
 @register_format
 class CTInt4(Format):
     """Int4 weights packed 8 per int32 along the input dim, compressed-tensors naming."""
 
     name = "ct_int4"
     aliases = ("w4a16", "pack_quantized")
+    bits: ClassVar[int] = 4
+
+    def _words(self, n: int) -> int:
+        """int32 words holding n codes (a ragged tail is zero-padded)."""
+        per_word = 32 // self.bits
+        return -(-n // per_word)
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(group_size=128, symmetric=True)
@@ -61,11 +68,11 @@ class CTInt4(Format):
         out_f, in_f = shape
         groups = n_groups(spec.group_size, in_f)
         layout: TensorLayout = {
-            "weight_packed": ((out_f, _ceil8(in_f)), torch.int32),
+            "weight_packed": ((out_f, self._words(in_f)), torch.int32),
             "weight_scale": ((out_f, groups), SCALE_DTYPE),
         }
         if not spec.symmetric:
-            layout["weight_zero_point"] = ((_ceil8(out_f), groups), torch.int32)
+            layout["weight_zero_point"] = ((self._words(out_f), groups), torch.int32)
         layout["weight_shape"] = ((2,), torch.int64)
         return layout
 
@@ -74,23 +81,24 @@ class CTInt4(Format):
         self.check_shape(spec, tuple(weight.shape), name)
         check_finite(weight, name)
         groups = n_groups(spec.group_size, weight.shape[1])
-        parts = quantize_groups(weight, groups, symmetric=spec.symmetric, scale_dtype=SCALE_DTYPE, name=name)
+        parts = quantize_groups(weight, groups, symmetric=spec.symmetric, scale_dtype=SCALE_DTYPE, name=name,
+                                bits=self.bits)
         return self.pack(parts, spec)
 
     def pack(self, parts: Int4Parts, spec: QuantSpec) -> QuantizedTensor:
         """Write logical int4 parts as compressed-tensors tensors (contiguous groups)."""
         spec = self.normalize(spec)
         tensors = {
-            "weight_packed": pack_int4(parts.codes, dim=1),
+            "weight_packed": pack_int4(parts.codes, dim=1, bits=self.bits),
             "weight_scale": dense(parts.scales.to(SCALE_DTYPE)),
         }
         if not spec.symmetric:
-            tensors["weight_zero_point"] = pack_int4(parts.zeros, dim=0)
+            tensors["weight_zero_point"] = pack_int4(parts.zeros, dim=0, bits=self.bits)
         tensors["weight_shape"] = torch.tensor(parts.codes.shape, dtype=torch.int64)
         return QuantizedTensor(spec, tuple(parts.codes.shape), tensors)
 
     def unpack(self, q: QuantizedTensor) -> Int4Parts:
-        """Read the logical int4 parts back; without weight_zero_point (symmetric) every zero is 8 (signed 0)."""
+        """Read the logical parts back; without weight_zero_point (symmetric) every zero is the signed 0 (8 for int4)."""
         out_f, in_f = q.shape
         t = q.tensors
         stored = tuple(int(v) for v in t["weight_shape"].tolist())
@@ -98,11 +106,11 @@ class CTInt4(Format):
             raise FormatError(f"{self.name}: weight_shape says {stored}, but the weight is {(out_f, in_f)}")
         scales = t["weight_scale"]
         if "weight_zero_point" in t:
-            zeros = unpack_int4(t["weight_zero_point"], dim=0, length=out_f)
+            zeros = unpack_int4(t["weight_zero_point"], dim=0, length=out_f, bits=self.bits)
         else:
-            zeros = torch.full(scales.shape, 8, dtype=torch.int32, device=scales.device)
+            zeros = torch.full(scales.shape, 1 << (self.bits - 1), dtype=torch.int32, device=scales.device)
         return Int4Parts(
-            codes=unpack_int4(t["weight_packed"], dim=1, length=in_f),
+            codes=unpack_int4(t["weight_packed"], dim=1, length=in_f, bits=self.bits),
             scales=scales,
             zeros=zeros,
         )

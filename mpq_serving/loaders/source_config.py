@@ -154,17 +154,16 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
         if bits == 8 and kind == "float" and strategy in ("tensor", "channel"):
             activation = _ct_activation(act, "fp8", label)
             return QuantSpec("fp8", granularity=strategy, activation=activation)
+        if bits == 8 and kind == "int" and "pack-quantized" in fmt and strategy in ("group", "channel"):
+            _refuse_actorder(w, label)
+            gs = int(w.get("group_size") or -1) if strategy == "group" else -1
+            _ct_activation(act, None, label)  # W8A16: declared 16-bit inputs only
+            return QuantSpec("ct_int8", group_size=gs, symmetric=bool(w.get("symmetric", True)))
         if bits == 8 and kind == "int" and strategy == "channel":
             activation = _ct_activation(act, "int8", label)
             return QuantSpec("int8", activation=activation)
         if bits == 4 and kind == "int" and strategy in ("group", "channel"):
-            if str(w.get("actorder")).lower() in ("group", "dynamic", "true"):
-                # llm-compressor's GPTQ actorder=group (removed in compressed-tensors 0.20) stores
-                # `weight_g_idx`; ct_int4 has contiguous groups only, so reading it would be silently wrong.
-                raise CheckpointError(
-                    f"{where}: compressed-tensors group {group_name!r} uses actorder={w.get('actorder')!r} "
-                    "(a weight_g_idx permutation); ct_int4 reads contiguous groups only"
-                )
+            _refuse_actorder(w, label)
             gs = int(w.get("group_size") or -1) if strategy == "group" else -1
             _ct_activation(act, None, label)
             return QuantSpec("ct_int4", group_size=gs, symmetric=bool(w.get("symmetric", True)))
@@ -173,6 +172,14 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
             "is not a scheme mpq-serving reads"
         )
     return None
+
+
+def _refuse_actorder(weights: dict[str, Any], label: str) -> None:
+    """llm-compressor's GPTQ actorder=group (removed in compressed-tensors 0.20) stores `weight_g_idx`; the
+    pack-quantized formats read contiguous groups only, so reading it would be silently wrong."""
+    if str(weights.get("actorder")).lower() in ("group", "dynamic", "true"):
+        raise CheckpointError(f"{label} uses actorder={weights.get('actorder')!r} (a weight_g_idx permutation); "
+                              "pack-quantized weights are read with contiguous groups only")
 
 
 def _ct_activation(act: dict[str, Any] | None, weight_kind: str | None, where: str,

@@ -223,6 +223,12 @@ CT_CASES = [
                  id="FP8-block32-weight-only-fp32"),
     pytest.param(lambda: preset("W8A8"), BF16, "int8", "int-quantized",
                  {"group_size": -1, "activation": "int8"}, False, id="W8A8-int8"),
+    pytest.param(lambda: preset("W8A16"), BF16, "ct_int8", "pack-quantized",
+                 {"group_size": 128, "symmetric": True}, False, id="W8A16-int8-group128"),
+    pytest.param(lambda: weights_only(num_bits=8, strategy="group", group_size=32, symmetric=False), F32, "ct_int8",
+                 "pack-quantized", {"group_size": 32, "symmetric": False}, True, id="W8A16-g32-asym-fp32"),
+    pytest.param(lambda: weights_only(num_bits=8, strategy="channel"), BF16, "ct_int8", "pack-quantized",
+                 {"group_size": -1, "symmetric": True}, False, id="W8A16-channel"),
     pytest.param(lambda: preset("W4A16"), BF16, "ct_int4", "pack-quantized",
                  {"group_size": 128, "symmetric": True}, False, id="W4A16"),
     pytest.param(lambda: preset("W4A16_ASYM"), BF16, "ct_int4", "pack-quantized",
@@ -286,7 +292,6 @@ def test_mixed_precision_compressed_tensors_checkpoint(tmp_path, base):
 
 
 UNREADABLE = [
-    pytest.param(lambda: preset("W8A16"), "int8", "is not a scheme mpq-serving reads", id="W8A16-int8-group128"),
     pytest.param(lambda: preset("NVFP4A16"), "mxfp4", "is not a scheme mpq-serving reads", id="NVFP4A16"),
     pytest.param(lambda: preset("MXFP6A16"), "mxfp4", "is not a scheme mpq-serving reads", id="MXFP6A16"),
     pytest.param(lambda: weights_only(num_bits=8, type="float", strategy="block", block_structure=[64, 128]),
