@@ -15,6 +15,7 @@ unquantized layers.  Our formats map as follows (tensor names as compressed-tens
 | fp8 + `aq: fp8_static` | float-quantized | FP8 with static per-tensor inputs | weight, weight_scale, input_scale |
 | mxfp4 (+ `aq: mxfp4`) | mxfp4-pack-quantized | MXFP4A16 / MXFP4 | weight_packed, weight_scale |
 | mxfp8 (+ `aq: mxfp8`) | mxfp8-quantized | MXFP8A16 / MXFP8 | weight, weight_scale |
+| nvfp4 | nvfp4-pack-quantized | NVFP4A16 | weight_packed, weight_scale (E4M3), weight_global_scale |
 | bf16 / fp16 | (ignore) | unquantized | weight |
 
 Refused, with the reason: GPTQ act-order (vLLM dropped group activation ordering), MX activations
@@ -142,6 +143,9 @@ def scheme_for(spec: QuantSpec, name: str) -> Scheme | None:
         if spec.activation == "fp8_static":  # the stored input_scale travels with the weight (convert_tensors)
             act = _args(8, "float", "tensor", dynamic=False)
         return Scheme("float-quantized", w, act if spec.activation else None)
+    if kind == "nvfp4":
+        return Scheme("nvfp4-pack-quantized", _args(4, "float", "tensor_group", group_size=16,
+                                                    scale_dtype="torch.float8_e4m3fn"), None)
     if kind in ("mxfp4", "mxfp8"):
         bits = 4 if kind == "mxfp4" else 8
         if spec.activation not in (None, kind):
@@ -159,7 +163,7 @@ def convert_tensors(q: QuantizedTensor) -> dict[str, torch.Tensor]:
     """One module's tensors in compressed-tensors' names and layout (codes and scales unchanged)."""
     fmt = get_format(q.format)
     kind, t = fmt.name, q.tensors
-    if kind in _UNQUANTIZED or kind in ("mxfp4", "mxfp8") or (kind == "int8" and q.spec.activation == "int8"):
+    if kind in _UNQUANTIZED or kind in ("mxfp4", "mxfp8", "nvfp4") or (kind == "int8" and q.spec.activation == "int8"):
         return dict(t)
     if kind == "int8":
         return {"weight_packed": _pack_int8(t["weight"]), "weight_scale": t["weight_scale"],

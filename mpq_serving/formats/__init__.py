@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registration)
     int8,
     mxfp4,
     mxfp8,
+    nvfp4,
     passthrough,
 )
 from .base import Format

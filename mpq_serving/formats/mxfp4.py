@@ -25,6 +25,31 @@ _E2M1_VALUES = torch.tensor(
 )
 
 
+def e2m1_encode(scaled: torch.Tensor) -> torch.Tensor:
+    """Element units → E2M1 codes (uint8, one per value): RNE, saturating at ±6, sign of zero kept."""
+    mag = scaled.abs().clamp(max=E2M1_MAX)
+    # E2M1 spacing is 0.5 below 2, 1 in [2, 4), 2 in [4, 6]; torch.round is half-to-even on the grid
+    # index, which is the mantissa parity, so this is OCP's round-to-nearest-even.
+    step = torch.where(mag < 2, 0.5, torch.where(mag < 4, 1.0, 2.0))
+    value = torch.round(mag / step) * step
+    index = torch.where(value < 2, value * 2, torch.where(value < 4, value + 2, value / 2 + 4))
+    return index.to(torch.uint8) | (torch.signbit(scaled).to(torch.uint8) << 3)
+
+
+def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes → float32 values."""
+    return _E2M1_VALUES.to(codes.device)[codes.long()]
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[out, in] 4-bit codes → [out, in/2] bytes, element 2j in the low nibble (`pack_fp4_to_uint8`)."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack_nibbles(stored: torch.Tensor) -> torch.Tensor:
+    return torch.stack((stored & 0x0F, stored >> 4), dim=-1).reshape(stored.shape[0], -1)
+
+
 @register_format
 class MXFP4(MXFormat):
     name = "mxfp4"
@@ -33,23 +58,16 @@ class MXFP4(MXFormat):
     elements_key: ClassVar[str] = "weight_packed"
 
     def _encode(self, scaled: torch.Tensor) -> torch.Tensor:
-        """Element units → E2M1 codes (uint8, one per value): RNE, saturating at ±6, sign of zero kept."""
-        mag = scaled.abs().clamp(max=E2M1_MAX)
-        # E2M1 spacing is 0.5 below 2, 1 in [2, 4), 2 in [4, 6]; torch.round is half-to-even on the grid
-        # index, which is the mantissa parity, so this is OCP's round-to-nearest-even.
-        step = torch.where(mag < 2, 0.5, torch.where(mag < 4, 1.0, 2.0))
-        value = torch.round(mag / step) * step
-        index = torch.where(value < 2, value * 2, torch.where(value < 4, value + 2, value / 2 + 4))
-        return index.to(torch.uint8) | (torch.signbit(scaled).to(torch.uint8) << 3)
+        return e2m1_encode(scaled)
 
     def _decode(self, elements: torch.Tensor) -> torch.Tensor:
-        return _E2M1_VALUES.to(elements.device)[elements.long()]
+        return e2m1_decode(elements)
 
     def _pack(self, elements: torch.Tensor) -> torch.Tensor:
-        return elements[:, 0::2] | (elements[:, 1::2] << 4)
+        return pack_nibbles(elements)
 
     def _unpack(self, stored: torch.Tensor) -> torch.Tensor:
-        return torch.stack((stored & 0x0F, stored >> 4), dim=-1).reshape(stored.shape[0], -1)
+        return unpack_nibbles(stored)
 
     def _elements_layout(self, shape: tuple[int, int]) -> tuple[tuple[int, ...], torch.dtype]:
         return (shape[0], shape[1] // 2), torch.uint8

@@ -138,6 +138,9 @@ def _compressed_tensors(qc: dict[str, Any], module: str, where: str) -> QuantSpe
         label = f"{where}: compressed-tensors group {group_name!r}"
         bits, kind, strategy = int(w.get("num_bits", 16)), w.get("type", "int"), w.get("strategy", "tensor")
         mx_scales = "uint8" in str(w.get("scale_dtype"))  # E8M0 scales: compressed-tensors' MX test
+        if "nvfp4" in fmt or (bits == 4 and kind == "float" and w.get("group_size") == 16):
+            _ct_activation(act, None, label)  # NVFP4A16 only: FP4 activations are not simulated
+            return QuantSpec("nvfp4", group_size=16)
         if "mxfp4" in fmt or (bits == 4 and kind == "float" and w.get("group_size") == 32 and "nvfp4" not in fmt):
             return QuantSpec("mxfp4", group_size=32, activation=_ct_mx_activation(act, label))
         if "mxfp8" in fmt or (bits == 8 and kind == "float" and w.get("group_size") == 32 and mx_scales):

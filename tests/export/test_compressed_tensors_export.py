@@ -67,17 +67,19 @@ def test_compressed_tensors_decompresses_our_export_to_our_weights(tiny_packed, 
     assert seen == {"int8", "mxfp8", "gptq_int4", "ct_int4", "fp8", "mxfp4", "awq_int4"}
 
 
-def test_8_bit_packed_formats_export_as_w8a16(tiny_llama, tmp_path):
-    """gptq_int8 and ct_int8 leave as pack-quantized int8 groups compressed-tensors decompresses to our weights."""
+def test_8_bit_packed_formats_and_nvfp4_export(tiny_llama, tmp_path):
+    """gptq_int8 and ct_int8 leave as pack-quantized int8 (W8A16) groups, nvfp4 as NVFP4A16; compressed-tensors
+    decompresses each to our weights."""
     plan = plan_from_dict({"default": {"wq": "bf16"}, "overrides": [
         {"pattern": "model.layers.0.mlp.down_proj", "wq": "gptq_int8", "group_size": 64, "symmetric": False},
-        {"pattern": "model.layers.1.mlp.down_proj", "wq": "ct_int8", "group_size": -1}]})
+        {"pattern": "model.layers.1.mlp.down_proj", "wq": "ct_int8", "group_size": -1},
+        {"pattern": "model.layers.1.self_attn.o_proj", "wq": "nvfp4"}]})
     packed = pack(plan, tmp_path / "packed", tiny_llama, progress=False)
     out = export_compressed_tensors(packed, tmp_path / "ct").path
     model, formats = _decompress_with_compressed_tensors(out)
     for name, q in open_source(packed).modules():
-        if q.format in ("gptq_int8", "ct_int8"):
-            assert formats[name] == "pack-quantized"
+        if q.format in ("gptq_int8", "ct_int8", "nvfp4"):
+            assert formats[name] == ("nvfp4-pack-quantized" if q.format == "nvfp4" else "pack-quantized")
             ours = get_format(q.format).dequantize(q)
             theirs = model.get_submodule(name).weight  # in the scale's dtype: fp16 for GPTQ, bf16 for ours
             assert torch.equal(ours.to(theirs.dtype), theirs), name

@@ -237,6 +237,8 @@ CT_CASES = [
                  "ct_int4", "pack-quantized", {"group_size": 32, "symmetric": False}, True, id="W4A16-g32-asym-fp32"),
     pytest.param(lambda: weights_only(num_bits=4, strategy="channel"), BF16, "ct_int4", "pack-quantized",
                  {"group_size": -1, "symmetric": True}, False, id="W4A16-channel"),
+    pytest.param(lambda: preset("NVFP4A16"), BF16, "nvfp4", "nvfp4-pack-quantized", {"group_size": 16}, False,
+                 id="NVFP4A16"),
     pytest.param(lambda: preset("MXFP4"), BF16, "mxfp4", "mxfp4-pack-quantized",
                  {"group_size": 32, "activation": "mxfp4"}, True, id="MXFP4"),
     pytest.param(lambda: preset("MXFP4A16"), BF16, "mxfp4", "mxfp4-pack-quantized",
@@ -292,7 +294,7 @@ def test_mixed_precision_compressed_tensors_checkpoint(tmp_path, base):
 
 
 UNREADABLE = [
-    pytest.param(lambda: preset("NVFP4A16"), "mxfp4", "is not a scheme mpq-serving reads", id="NVFP4A16"),
+    pytest.param(lambda: preset("NVFP4"), "nvfp4", r"input_activations \(4-bit float, tensor_group", id="NVFP4-W4A4"),
     pytest.param(lambda: preset("MXFP6A16"), "mxfp4", "is not a scheme mpq-serving reads", id="MXFP6A16"),
     pytest.param(lambda: weights_only(num_bits=8, type="float", strategy="block", block_structure=[64, 128]),
                  "fp8", r"block_structure \[64, 128\]; only square", id="FP8-block-64x128"),
