@@ -42,6 +42,7 @@ class AWQInt4(Format):
     """Int4 weights, 8 per int32 along the output dim in AWQ's interleaved order, fp16 scales."""
 
     name = "awq_int4"
+    tensor_names = ("qweight", "qzeros", "scales")
     aliases = ("awq", "awq-int4")
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:

@@ -22,6 +22,9 @@ class Format(ABC):
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
+    # Every tensor suffix this format may store for a weight (all its layouts' keys, and the other
+    # spellings `from_tensors` accepts): how a loader tells a linear's tensors from the rest of a checkpoint.
+    tensor_names: ClassVar[tuple[str, ...]] = ("weight",)
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         """Fill the format's defaults into a spec (group size, granularity...)."""

@@ -47,6 +47,7 @@ class CTInt4(Format):
 
     name = "ct_int4"
     aliases = ("w4a16", "pack_quantized")
+    tensor_names = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
     bits: ClassVar[int] = 4
 
     def _words(self, n: int) -> int:

@@ -16,5 +16,5 @@ class CTInt8(CTInt4):
     """Int8 weights packed 4 per int32 along the input dim, compressed-tensors naming."""
 
     name = "ct_int8"
-    aliases = ("w8a16",)
+    aliases = ("pack_quantized_int8",)  # not "w8a16": that names `int8` (weight-only) in plans
     bits = 8

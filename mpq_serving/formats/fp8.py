@@ -78,6 +78,7 @@ class FP8(Format):
 
     name = "fp8"
     aliases = ("fp8_e4m3",)
+    tensor_names = ("weight", "weight_scale", "weight_scale_inv", "input_scale")
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(granularity="channel", symmetric=True)

@@ -67,6 +67,7 @@ class GPTQInt4(Format):
 
     name = "gptq_int4"
     aliases = ("gptq", "gptq-int4")
+    tensor_names = ("qweight", "qzeros", "scales", "g_idx")
     bits: ClassVar[int] = 4
 
     @property

@@ -48,6 +48,7 @@ class INT8(Format):
     """Symmetric per-channel int8; W8A8 (dynamic per-token int8 activations) when `activation == "int8"`."""
 
     name = "int8"
+    tensor_names = ("weight", "weight_scale")
     aliases = ("w8a16",)
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:

@@ -54,6 +54,7 @@ def unpack_nibbles(stored: torch.Tensor) -> torch.Tensor:
 class MXFP4(MXFormat):
     name = "mxfp4"
     aliases = ("mxfp4_e2m1",)
+    tensor_names = ("weight_packed", "weight_scale")
     emax_elem: ClassVar[int] = 2  # floor(log2(6))
     elements_key: ClassVar[str] = "weight_packed"
 

@@ -19,6 +19,7 @@ E4M3_MAX = 448.0
 @register_format
 class MXFP8(MXFormat):
     name = "mxfp8"
+    tensor_names = ("weight", "weight_scale")
     aliases = ("mxfp8_e4m3",)
     emax_elem: ClassVar[int] = 8  # floor(log2(448))
     elements_key: ClassVar[str] = "weight"

@@ -42,6 +42,7 @@ class NVFP4(Format):
 
     name = "nvfp4"
     aliases = ("nvfp4a16",)
+    tensor_names = ("weight_packed", "weight_scale", "weight_global_scale")
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(group_size=GROUP_SIZE, symmetric=True)

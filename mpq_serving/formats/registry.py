@@ -15,6 +15,9 @@ F = TypeVar("F", bound=type[Format])
 
 def register_format(cls: F) -> F:
     """Class decorator: make a format available by its name and aliases."""
+    taken = {a: _ALIASES[a.lower()] for a in (cls.name, *cls.aliases) if _ALIASES.get(a.lower(), cls.name) != cls.name}
+    if taken:
+        raise ValueError(f"format {cls.name}: name(s) {taken} already belong to other formats")
     instance = cls()
     _FORMATS[cls.name] = instance
     for alias in (cls.name, *cls.aliases):

@@ -26,6 +26,7 @@ from ..plan import Plan, load_plan
 from .checkpoint import Checkpoint
 from .expected_weights import EXPERT_NAME as _EXPERT
 from .expected_weights import EXPERT_ROLE as _ROLE
+from .tool_folder import tool_folder_plan, tool_quantization_config
 from .true_mixed import TrueMixedPrecisionLoader
 
 _FLOAT = {"bf16", "fp16", "fp32"}
@@ -72,8 +73,11 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
     """A ready transformers model with mixed-precision modules swapped in.
 
     `path_or_plan`: a packed folder (`mpq pack`), a plan file or Plan (then `model_dir` or the plan's
-    base_model_path names the base model), or a plain HF folder (loaded as is).
+    base_model_path names the base model), a folder a quantization tool wrote (GPTQ, AWQ, FP8,
+    compressed-tensors: read by our readers, see tool_folder.py), or a plain HF folder (loaded as is).
     """
+    if not isinstance(path_or_plan, Plan) and tool_quantization_config(path_or_plan) is not None:
+        path_or_plan = tool_folder_plan(path_or_plan)  # a tool's folder: through our readers, not transformers'
     if isinstance(path_or_plan, Plan) or Path(path_or_plan).is_file():
         plan = path_or_plan if isinstance(path_or_plan, Plan) else load_plan(path_or_plan)
         source = TrueMixedPrecisionLoader(plan, model_dir)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CheckpointError, FormatError, PlanError
-from ..formats import QuantizedTensor, get_format
+from ..formats import QuantizedTensor, format_names, get_format
 from ..plan import Plan, resolve, rule_problems
 from ..plan.model_weights import LinearWeight, linear_weights
 from .checkpoint import Checkpoint
@@ -97,8 +97,7 @@ class TrueMixedPrecisionLoader:
                 yield name, self.folded.norms[name] if name in self.folded.norms else self.reference.read(name)
 
     def _linear_tensor_names(self, ckpt: Checkpoint) -> set[str]:
-        suffixes = ("weight", "qweight", "qzeros", "scales", "g_idx", "weight_scale", "weight_scale_inv",
-                    "weight_packed", "weight_zero_point", "weight_shape", "input_scale", "weight_g_idx")
+        suffixes = {suffix for fmt in format_names() for suffix in get_format(fmt).tensor_names}
         return {f"{w.name}.{s}" for w in self.weights for s in suffixes}
 
     def stats(self) -> LoadStats:
