@@ -153,6 +153,11 @@ def test_cli_quantize(tiny_llama, tmp_path):
     bad = CliRunner().invoke(app, ["quantize", str(tiny_llama), "--plan", str(plan), "--method", "nope", "-o", str(out)])
     assert bad.exit_code == 1 and "unknown method" in bad.output
 
+    # The GPTQ folder is a tool's folder like any other: evaluated through our readers (no optimum / gptqmodel).
+    ppl = CliRunner().invoke(app, ["eval", "ppl", str(out), "--seq-len", "16", "--max-tokens", "48"])
+    assert ppl.exit_code == 0, ppl.output
+    assert ppl.output.strip().splitlines()[-1].startswith("ppl: ")
+
 
 def test_mutual_info_groups_get_gptq_per_group(tiny_llama):
     """A seed-003 plan (groups in its summary): each group's layers GPTQ-quantized in the group's format."""
