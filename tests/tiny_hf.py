@@ -26,7 +26,26 @@ def config_for(arch: str):
     if arch == "qwen2_moe":
         return Qwen2MoeConfig(moe_intermediate_size=256, intermediate_size=256, shared_expert_intermediate_size=256,
                               num_experts=4, num_experts_per_tok=2, **COMMON)
+    if arch in DENSE_ARCHS:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(arch, intermediate_size=256, **{**COMMON, **DENSE_ARCHS[arch]})
     raise ValueError(arch)
+
+
+# Decoder-only families besides Llama, each with what sets it apart (norm conventions, fused projections,
+# embedding scale, logit soft-capping, sliding windows); the extra keys keep their head_dim at 32.
+DENSE_ARCHS = {
+    "gemma3_text": dict(head_dim=32, sliding_window=16, query_pre_attn_scalar=32),  # (1 + w) norms, embed_scale
+    "gemma2": dict(head_dim=32, sliding_window=16, query_pre_attn_scalar=32),
+    "phi3": dict(pad_token_id=0),  # fused qkv_proj and gate_up_proj
+    "granite": dict(embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=4.0),
+    "olmo2": dict(),  # norms after attention / MLP, q/k norms
+    "cohere": dict(use_qk_norm=False),  # LayerNorm with bias-free weight, parallel attention + MLP
+    "qwen2": dict(),
+    "qwen3": dict(head_dim=32),
+    "mistral": dict(head_dim=32),
+}
 
 
 def save_tiny(arch: str, folder: Path, seed: int = 0) -> Path:

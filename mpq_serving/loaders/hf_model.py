@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -92,7 +93,9 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
 
     config = AutoConfig.from_pretrained(config_dir)
     config.__dict__.pop("quantization_config", None)
-    with torch.device("meta"):
+    # Parameters on meta (the checkpoint fills them), buffers real: the model's own code computes the ones no
+    # checkpoint stores (rotary tables, Gemma's embed_scale), which a plain `torch.device("meta")` would leave empty.
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     rename = _renamer(model)
     experts: dict[str, dict[int, dict[str, QuantizedTensor]]] = defaultdict(lambda: defaultdict(dict))
@@ -187,7 +190,7 @@ def _set_tensor(model: nn.Module, target: str, tensor: torch.Tensor, dtype: torc
 
 
 def _finish(model: nn.Module, config, dtype: torch.dtype) -> None:
-    """Tie lm_head, rebuild computed buffers (rotary tables), and refuse anything still unloaded."""
+    """Tie lm_head, rebuild rotary tables (built under the default dtype at init), refuse anything still unloaded."""
     if getattr(config, "tie_word_embeddings", False):
         head = model.get_output_embeddings()
         if isinstance(head, nn.Linear) and head.weight.is_meta:
