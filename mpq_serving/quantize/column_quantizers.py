@@ -20,13 +20,16 @@ from ..formats.int4_packing import Int4Parts, quantize_groups
 from ..formats.int8 import scale_from_amax, to_int8
 
 INT4_FORMATS = {"gptq_int4": torch.float16, "awq_int4": torch.float16, "ct_int4": CT_SCALE_DTYPE}
+# every grouped integer format, with its scale dtype: the column grid below works at any width
+INT_GROUP_FORMATS = {**INT4_FORMATS, "gptq_int2": torch.float16, "gptq_int8": torch.float16,
+                     "ct_int8": CT_SCALE_DTYPE}
 FLOAT_FORMATS = {"bf16", "fp16", "fp32"}
 
 
 def supports_gptq(spec: QuantSpec) -> bool:
     """Formats with a per-column grid implemented here; others fall back to round-to-nearest."""
     name = get_format(spec.format).name
-    return name in INT4_FORMATS or name in FLOAT_FORMATS or name == "int8"
+    return name in INT_GROUP_FORMATS or name in FLOAT_FORMATS or name == "int8"
 
 
 class ColumnQuantizer:
@@ -55,7 +58,7 @@ class ColumnQuantizer:
         raise NotImplementedError
 
 
-class Int4ColumnQuantizer(ColumnQuantizer):
+class IntGroupColumnQuantizer(ColumnQuantizer):
     """GPTQ / AWQ / compressed-tensors int4: per-group scale and zero, codes 0..15."""
 
     def __init__(self, spec: QuantSpec, shape: tuple[int, int], name: str):
@@ -65,25 +68,28 @@ class Int4ColumnQuantizer(ColumnQuantizer):
         self.shape, self.name = shape, name
         in_f = shape[1]
         self.group_size = self.spec.group_size if self.spec.group_size != -1 else in_f
-        self.scale_dtype = INT4_FORMATS[self.fmt.name]
-        v1_asym = self.fmt.name == "gptq_int4" and not self.spec.symmetric and self.spec.checkpoint_format == "gptq"
+        self.scale_dtype = INT_GROUP_FORMATS[self.fmt.name]
+        self.bits = getattr(self.fmt, "bits", 4)
+        self.mid = 1 << (self.bits - 1)  # codes are stored + mid (8 for int4)
+        v1_asym = "g_idx" in self.fmt.tensor_names and not self.spec.symmetric and self.spec.checkpoint_format == "gptq"
         self.min_zero = 1 if v1_asym else 0
-        self.codes = torch.empty(shape, dtype=torch.int32)
+        self.codes = torch.empty(shape, dtype=torch.float32)  # whole numbers; int32 once, in finish
         self.scales: list[torch.Tensor] = []
         self.zeros: list[torch.Tensor] = []
 
     def begin_group(self, block: torch.Tensor) -> None:
         parts = quantize_groups(block, 1, symmetric=self.spec.symmetric, scale_dtype=self.scale_dtype,
-                                name=self.name, min_zero=self.min_zero)
+                                name=self.name, min_zero=self.min_zero, bits=self.bits)
         self.scales.append(parts.scales[:, 0])
         self.zeros.append(parts.zeros[:, 0])
         self._s = parts.scales[:, 0].to(torch.float32).to(block.device)
         self._z = parts.zeros[:, 0].to(torch.float32).to(block.device)
+        self._shift = self._z - self.mid
 
     def begin_static(self, weight: torch.Tensor, perm: torch.Tensor | None) -> None:
         groups = self.shape[1] // self.group_size
         parts = quantize_groups(weight, groups, symmetric=self.spec.symmetric, scale_dtype=self.scale_dtype,
-                                name=self.name, min_zero=self.min_zero)
+                                name=self.name, min_zero=self.min_zero, bits=self.bits)
         self.scales, self.zeros = list(parts.scales.unbind(1)), list(parts.zeros.unbind(1))
         self._static_s = parts.scales.to(torch.float32).to(weight.device)
         self._static_z = parts.zeros.to(torch.float32).to(weight.device)
@@ -94,24 +100,26 @@ class Int4ColumnQuantizer(ColumnQuantizer):
         if hasattr(self, "_group_at"):
             g = self._group_at[position]
             self._s, self._z = self._static_s[:, g], self._static_z[:, g]
-        # The formats' rounding rule: round(clamp(w / s + (z - 8), -8, 7)) + 8 (see int4_packing).
-        code = torch.round(torch.clamp(column / self._s + (self._z - 8), -8, 7)) + 8
-        self.codes[:, position] = code.to(torch.int32).cpu()
-        return (code - self._z) * self._s
+            self._shift = self._z - self.mid
+        # The formats' rounding rule: round(clamp(w / s + (z - 8), -8, 7)) + 8 for int4 (see int4_packing).
+        signed = torch.round((column / self._s + self._shift).clamp_(-self.mid, self.mid - 1))
+        self.codes[:, position] = signed
+        return (signed - self._shift) * self._s
 
     def finish(self, perm: torch.Tensor | None) -> QuantizedTensor:
-        codes = self.codes
+        codes = self.codes.to(torch.int32) + self.mid
         g_idx = None
         if perm is not None:
             perm = perm.cpu()
-            codes = torch.empty_like(codes)
-            codes[:, perm] = self.codes
+            ordered = codes
+            codes = torch.empty_like(ordered)
+            codes[:, perm] = ordered
             if not hasattr(self, "_group_at"):  # static groups stay contiguous: no g_idx
                 g_idx = torch.empty(self.shape[1], dtype=torch.int64)
                 g_idx[perm] = torch.arange(self.shape[1]) // self.group_size
         parts = Int4Parts(codes, torch.stack(self.scales, 1).cpu(), torch.stack(self.zeros, 1).cpu(), g_idx)
-        if g_idx is not None and self.fmt.name != "gptq_int4":
-            raise MPQError(f"{self.name}: act-order needs a g_idx, which only gptq_int4 stores ({self.fmt.name} does not)")
+        if g_idx is not None and "g_idx" not in self.fmt.tensor_names:
+            raise MPQError(f"{self.name}: act-order needs a g_idx, which only the GPTQ formats store ({self.fmt.name} does not)")
         return self.fmt.pack(parts, self.spec)
 
 
@@ -164,8 +172,8 @@ class FloatColumnQuantizer(ColumnQuantizer):
 
 def column_quantizer(spec: QuantSpec, shape: tuple[int, int], name: str) -> ColumnQuantizer:
     fmt = get_format(spec.format).name
-    if fmt in INT4_FORMATS:
-        return Int4ColumnQuantizer(spec, shape, name)
+    if fmt in INT_GROUP_FORMATS:
+        return IntGroupColumnQuantizer(spec, shape, name)
     if fmt == "int8":
         return Int8ColumnQuantizer(spec, shape, name)
     if fmt in FLOAT_FORMATS:

@@ -92,15 +92,16 @@ def gptq_quantize(
                 mask1[:, i:i + mask_every] = new
             if group > 0 and col % group == 0:
                 # The group's grid from the weights as updated so far (in-block columns from w1).
-                quantizer.begin_group(torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :group])
+                ahead = w1[:, i:i + group]
+                if ahead.shape[1] < group:
+                    ahead = torch.cat([ahead, w[:, i2:i2 + group - ahead.shape[1]]], dim=1)
+                quantizer.begin_group(ahead)
             wcol = w1[:, i]
-            d = hinv1[i, i]
             target = wcol if mask1 is None else wcol.masked_fill(mask1[:, i], 0.0)
-            q = quantizer.round(target, col)
-            losses += (wcol - q) ** 2 / d**2 / 2
-            e = (wcol - q) / d
-            w1[:, i:] -= e.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            e = (wcol - quantizer.round(target, col)).div_(hinv1[i, i])
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)  # this column's error onto the block's later columns
             err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        losses += err1.pow(2).sum(dim=1) / 2  # Σ (w − q)² / Hinv_ii² / 2, summed once per block
+        w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1)
 
     return GPTQResult(quantizer.finish(perm), float(losses.sum()), perm)

@@ -41,7 +41,7 @@ from ..plan import Plan, is_protected, resolve
 from ..plan.model_weights import linear_weights
 from . import awq
 from .calibration import LayerInputs, calibration_tokens, capture_first_layer_inputs, decoder_layers, run_layer
-from .column_quantizers import FLOAT_FORMATS, INT4_FORMATS, supports_gptq
+from .column_quantizers import FLOAT_FORMATS, INT_GROUP_FORMATS, supports_gptq
 from .folding import fold_scales
 from .gptq import gptq_quantize
 from .hessian import HessianAccumulator
@@ -205,7 +205,8 @@ def _is_linear_at(model: nn.Module, rename: Callable[[str], str], name: str) -> 
 
 def _spec(spec: QuantSpec, config: QuantizeConfig) -> QuantSpec:
     fmt = get_format(spec.format).name
-    if config.act_order and config.method == "gptq" and (fmt == "gptq_int4" or (config.static_groups and fmt in INT4_FORMATS)):
+    stores_g_idx = "g_idx" in get_format(fmt).tensor_names  # the GPTQ formats, at any width
+    if config.act_order and config.method == "gptq" and (stores_g_idx or (config.static_groups and fmt in INT_GROUP_FORMATS)):
         return replace(spec, act_order=True)
     return spec
 
