@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (registration)
     ct_int8,
     fp8,
     gptq_int2,
+    gptq_int3,
     gptq_int4,
     gptq_int8,
     int8,

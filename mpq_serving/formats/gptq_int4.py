@@ -28,11 +28,17 @@ the order (a stand-in for GPTQ's descending Hessian diagonal); a caller with the
 GPTQ's 2- and 8-bit layouts are this one with 16 / 4 codes per int32 (element j at bits `bits*j`, v1
 offset one in every field: 0x55555555 / 0x01010101), as GPTQModel's `dequantize_weight` reads them for
 bits in (2, 4, 8); each is a subclass that only sets `bits` (`gptq_int2.py`, `gptq_int8.py`).  3-bit
-packs codes across word boundaries and is not read.
+(`gptq_int3.py`) packs 32 codes into 3 words as one little-endian bit stream, so codes 10 and 21 of
+each 32 straddle two words.  Its v1 zeros follow GPTQModel, the tool that writes 3-bit checkpoints
+today: `convert_gptq_v1_to_v2_format_module` adds one constant per word by word index mod 3
+(0x24924924, 0x92492492, 0x49249249).  Those are the stream's "one in every field" words 2, 1 and 0
+— words 0 and 2 swapped — so a GPTQModel 3-bit v1 zero is not the per-field zero - 1 that AutoGPTQ
+writes and vLLM's exllama path reads; we read what GPTQModel wrote, as GPTQModel reads it back.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -56,9 +62,24 @@ from .spec import QuantizedTensor, QuantSpec
 V1_ZERO_OFFSET = 0x11111111  # one in every nibble: GPTQ v1 stores zero - 1
 
 
+# GPTQModel's per-word v1 offsets for 3 bits, by word index mod 3 (see the module docstring).
+V1_ZERO_OFFSET_3BIT = (0b00100100100100100100100100100100, 0b10010010010010010010010010010010,
+                       0b01001001001001001001001001001001)
+
+
 def v1_zero_offset(bits: int) -> int:
-    """One in every `bits`-wide field of a 32-bit word (0x11111111 for int4)."""
+    """One in every `bits`-wide field of a 32-bit word (0x11111111 for int4); widths dividing 32 only."""
     return sum(1 << (bits * j) for j in range(32 // bits))
+
+
+def shift_v1_zeros(qzeros: torch.Tensor, bits: int, sign: int) -> torch.Tensor:
+    """qzeros (packed along dim 1) plus `sign` times GPTQModel's v1 offset, word by word modulo 2**32."""
+    if 32 % bits == 0:
+        offset: int | torch.Tensor = v1_zero_offset(bits)
+    else:
+        cycle = torch.tensor(V1_ZERO_OFFSET_3BIT, dtype=torch.int64, device=qzeros.device)
+        offset = cycle[torch.arange(qzeros.shape[1], device=qzeros.device) % 3]
+    return to_int32(qzeros.to(torch.int64) + sign * offset)
 
 
 @register_format
@@ -71,8 +92,13 @@ class GPTQInt4(Format):
     bits: ClassVar[int] = 4
 
     @property
-    def per_word(self) -> int:
-        return 32 // self.bits
+    def per_block(self) -> int:
+        """Codes per packed block: 8 for int4 (one word), 32 for int3 (three words)."""
+        return 32 // math.gcd(32, self.bits)
+
+    def packed_length(self, n: int) -> int:
+        """int32 words that hold n codes."""
+        return n * self.bits // 32
 
     def normalize(self, spec: QuantSpec) -> QuantSpec:
         spec = spec.with_defaults(group_size=128, symmetric=True)
@@ -83,10 +109,10 @@ class GPTQInt4(Format):
         super().check_shape(spec, shape, name)
         spec = self.normalize(spec)
         out_f, in_f = shape
-        n = self.per_word
+        n = self.per_block
         if in_f % n or out_f % n:
             raise FormatError(
-                f"{name}: {self.name} packs {n} values per int32 along both dims; shape {tuple(shape)} "
+                f"{name}: {self.name} packs {n} values per block of int32 along both dims; shape {tuple(shape)} "
                 f"needs in_features and out_features divisible by {n}"
             )
         check_divisible(in_f, spec.group_size, name, self.name)
@@ -96,8 +122,8 @@ class GPTQInt4(Format):
         out_f, in_f = shape
         groups = n_groups(spec.group_size, in_f)
         return {
-            "qweight": ((in_f // self.per_word, out_f), torch.int32),
-            "qzeros": ((groups, out_f // self.per_word), torch.int32),
+            "qweight": ((self.packed_length(in_f), out_f), torch.int32),
+            "qzeros": ((groups, self.packed_length(out_f)), torch.int32),
             "scales": ((groups, out_f), torch.float16),
             "g_idx": ((in_f,), torch.int32),
         }
@@ -157,7 +183,7 @@ class GPTQInt4(Format):
         spec = self.normalize(spec)
         qzeros = pack_int4(parts.zeros.t(), dim=1, bits=self.bits)
         if spec.checkpoint_format == "gptq":
-            qzeros = to_int32(qzeros.to(torch.int64) - v1_zero_offset(self.bits))
+            qzeros = shift_v1_zeros(qzeros, self.bits, -1)
         tensors = {
             "qweight": pack_int4(parts.codes.t(), dim=0, bits=self.bits),
             "qzeros": qzeros,
@@ -172,7 +198,7 @@ class GPTQInt4(Format):
         t = q.tensors
         qzeros = t["qzeros"]
         if q.spec.checkpoint_format == "gptq":
-            qzeros = to_int32(qzeros.to(torch.int64) + v1_zero_offset(self.bits))
+            qzeros = shift_v1_zeros(qzeros, self.bits, +1)
         scales = t["scales"].t()
         g_idx = t["g_idx"].to(torch.int64)
         groups = scales.shape[1]

@@ -4,7 +4,9 @@ All three store 4-bit codes 0..15 eight to an int32 word (nibble j at bits 4j..4
 in the packed axis, the nibble order and how zero points are written; so packing lives here once,
 as does the round-to-nearest group quantizer they share.  GPTQ's 2- and 8-bit layouts are the same
 with 16 / 4 codes per word at bits `bits*j`, so every function takes `bits` (default 4) and the
-numbers below scale with it (15 → 2**bits - 1, 7 → 2**(bits-1) - 1, 8 → 2**(bits-1)).
+numbers below scale with it (15 → 2**bits - 1, 7 → 2**(bits-1) - 1, 8 → 2**(bits-1)).  A width that does
+not divide 32 (GPTQ's 3 bits) is a little-endian bit stream: 32 codes fill `bits` words, code k at stream
+bit `bits*k`, so some codes straddle two words (GPTQModel's and AutoGPTQ's 3-bit `pack`).
 
 Quantizer (per output row and group, over the group's columns):
 
@@ -79,6 +81,8 @@ def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = Non
 
     A length that is not a multiple of 32/bits is zero-padded, as compressed-tensors' `pack_to_int32` does.
     """
+    if 32 % bits:
+        return _pack_stream(codes, dim, bits)
     per_word = 32 // bits
     x = codes.movedim(dim, -1).to(torch.int32)
     pad = -x.shape[-1] % per_word
@@ -95,6 +99,8 @@ def pack_int4(codes: torch.Tensor, dim: int, order: tuple[int, ...] | None = Non
 def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, ...] | None = None,
                 bits: int = 4) -> torch.Tensor:
     """Inverse of `pack_int4`: int32 codes 0..2**bits-1 with `length` elements along `dim`."""
+    if 32 % bits:
+        return _unpack_stream(packed, dim, length, bits)
     p = packed.movedim(dim, -1)
     per_word = 32 // bits
     shifts = torch.arange(0, 32, bits, dtype=p.dtype, device=p.device)
@@ -103,6 +109,39 @@ def unpack_int4(packed: torch.Tensor, dim: int, length: int, order: tuple[int, .
         inverse = sorted(range(per_word), key=lambda k: order[k])
         fields = fields[..., inverse]
     codes = fields.reshape(*p.shape[:-1], -1)[..., :length]
+    return codes.to(torch.int32).movedim(-1, dim).contiguous()
+
+
+def _pack_stream(codes: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+    """Codes as a little-endian bit stream along `dim`: every 32 codes fill `bits` int32 words."""
+    x = codes.movedim(dim, -1).to(torch.int64)
+    if x.shape[-1] % 32:
+        raise FormatError(f"{bits}-bit packing needs a multiple of 32 values along the packed dim, got {x.shape[-1]}")
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    words = torch.zeros(*blocks.shape[:-1], bits, dtype=torch.int64, device=x.device)
+    for k in range(32):  # whole-tensor ops; code k covers stream bits bits*k .. bits*k + bits - 1
+        start = bits * k
+        word, shift = divmod(start, 32)
+        words[..., word] |= blocks[..., k] << shift
+        if shift + bits > 32:  # the high bits spill into the next word
+            words[..., word + 1] |= blocks[..., k] >> (32 - shift)
+    packed = to_int32(words & 0xFFFFFFFF).reshape(*x.shape[:-1], -1)
+    return dense(packed.movedim(-1, dim))
+
+
+def _unpack_stream(packed: torch.Tensor, dim: int, length: int, bits: int) -> torch.Tensor:
+    """Inverse of `_pack_stream`."""
+    p = packed.movedim(dim, -1).to(torch.int64) & 0xFFFFFFFF
+    words = p.reshape(*p.shape[:-1], -1, bits)
+    mask = (1 << bits) - 1
+    fields = []
+    for k in range(32):
+        word, shift = divmod(bits * k, 32)
+        value = words[..., word] >> shift
+        if shift + bits > 32:
+            value = value | (words[..., word + 1] << (32 - shift))
+        fields.append(value & mask)
+    codes = torch.stack(fields, dim=-1).reshape(*p.shape[:-1], -1)[..., :length]
     return codes.to(torch.int32).movedim(-1, dim).contiguous()
 
 

@@ -40,15 +40,12 @@ def spec_to_dict(spec: QuantSpec) -> dict[str, Any]:
             and not (k == "checkpoint_format" and v == "gptq")}
 
 
-GPTQ_BITS = {2: "gptq_int2", 4: "gptq_int4", 8: "gptq_int8"}
+GPTQ_BITS = {2: "gptq_int2", 3: "gptq_int3", 4: "gptq_int4", 8: "gptq_int8"}
 
 
 def _gptq_format(bits: Any, where: str) -> str:
-    if int(bits) == 3:
-        raise CheckpointError(f"{where}: 3-bit GPTQ packs codes across int32 words, a layout mpq-serving does "
-                              "not read (2, 4 and 8 bits are read)")
     if int(bits) not in GPTQ_BITS:
-        raise CheckpointError(f"{where}: {bits}-bit GPTQ weights; GPTQ is read at 2, 4 or 8 bits")
+        raise CheckpointError(f"{where}: {bits}-bit GPTQ weights; GPTQ is read at 2, 3, 4 or 8 bits")
     return GPTQ_BITS[int(bits)]
 
 

@@ -70,10 +70,12 @@ def _logical_shape(ckpt: Checkpoint, module: str, suffix: str, shape: tuple[int,
     if suffix == "qweight" and len(shape) == 2:
         if method == "awq":
             return (shape[1] * 8, shape[0])
-        # GPTQ at 2 / 4 / 8 bits (per module under GPTQModel's `dynamic`): codes per word = out / qzeros columns
+        # GPTQ at 2 / 3 / 4 / 8 bits (per module under GPTQModel's `dynamic`): qweight [in*b/32, out] and
+        # qzeros [groups, out*b/32] pack the same b, so in = qweight rows * out / qzeros columns
         zeros = ckpt.tensors.get(f"{module}.qzeros")
-        per_word = shape[1] // zeros.shape[1] if zeros is not None and len(zeros.shape) == 2 and zeros.shape[1] else 8
-        return (shape[1], shape[0] * per_word)
+        if zeros is not None and len(zeros.shape) == 2 and zeros.shape[1]:
+            return (shape[1], shape[0] * shape[1] // zeros.shape[1])
+        return (shape[1], shape[0] * 8)
     if suffix == "weight_packed" and len(shape) == 2:
         if f"{module}.weight_shape" in ckpt:
             out_f, in_f = (int(v) for v in ckpt.read(f"{module}.weight_shape").tolist())

@@ -21,7 +21,7 @@ from ..formats.int8 import scale_from_amax, to_int8
 
 INT4_FORMATS = {"gptq_int4": torch.float16, "awq_int4": torch.float16, "ct_int4": CT_SCALE_DTYPE}
 # every grouped integer format, with its scale dtype: the column grid below works at any width
-INT_GROUP_FORMATS = {**INT4_FORMATS, "gptq_int2": torch.float16, "gptq_int8": torch.float16,
+INT_GROUP_FORMATS = {**INT4_FORMATS, "gptq_int2": torch.float16, "gptq_int3": torch.float16, "gptq_int8": torch.float16,
                      "ct_int8": CT_SCALE_DTYPE}
 FLOAT_FORMATS = {"bf16", "fp16", "fp32"}
 

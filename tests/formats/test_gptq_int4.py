@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mpq_serving.errors import FormatError
 from mpq_serving.formats import QuantSpec, get_format
-from mpq_serving.formats.int4_packing import Int4Parts
+from mpq_serving.formats.int4_packing import Int4Parts, to_int32
 
 GPTQ = get_format("gptq_int4")
 NAME = "model.layers.7.mlp.down_proj.weight"
@@ -488,15 +488,117 @@ def test_other_widths_dequantize_as_gptqmodel_and_autogptq_unpack(bits, group_si
     assert ((ours.double() - w.double()).abs() <= step / 2 * (1 + 2**-20)).all()
 
 
+# ---------------------------------------------------------------- 3-bit GPTQ (gptq_int3)
+
+# gptqmodel/nn_modules/qlinear/__init__.py `PackableQuantLinear`, bits == 3 branches (verbatim apart
+# from `self.` -> arguments and numpy -> torch int64 in `pack`).
+GPTQMODEL_WF_3BIT = torch.tensor(
+    [
+        [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 0],
+        [0, 1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31],
+        [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 0],
+    ],
+    dtype=torch.int32,
+).reshape(1, 3, 12)
+# gptqmodel/utils/model.py `convert_gptq_v1_to_v2_format_module`, bits == 3, int32: by column mod 3.
+GPTQMODEL_V1_TO_V2_3BIT = (0b00100100100100100100100100100100, 0b10010010010010010010010010010010,
+                           0b01001001001001001001001001001001)
+
+
+def gptqmodel_3bit_dequantize(qweight, qzeros, scales, g_idx):
+    wf_unsqueeze_zero, wf_unsqueeze_neg_one = GPTQMODEL_WF_3BIT.unsqueeze(0), GPTQMODEL_WF_3BIT.unsqueeze(-1)
+    zeros = qzeros.reshape(qzeros.shape[0], qzeros.shape[1] // 3, 3, 1).expand(-1, -1, -1, 12)
+    zeros = zeros >> wf_unsqueeze_zero
+    zeros[:, :, 0, 10] = (zeros[:, :, 0, 10] & 0x3) | ((zeros[:, :, 1, 0] << 2) & 0x4)
+    zeros[:, :, 1, 11] = (zeros[:, :, 1, 11] & 0x1) | ((zeros[:, :, 2, 0] << 1) & 0x6)
+    zeros = zeros & 0x7
+    zeros = torch.cat([zeros[:, :, 0, :11], zeros[:, :, 1, 1:12], zeros[:, :, 2, 1:11]], dim=2).reshape(scales.shape)
+
+    weight = qweight.reshape(qweight.shape[0] // 3, 3, 1, qweight.shape[1]).expand(-1, -1, 12, -1)
+    weight = (weight >> wf_unsqueeze_neg_one) & 0x7
+    weight[:, 0, 10] = (weight[:, 0, 10] & 0x3) | ((weight[:, 1, 0] << 2) & 0x4)
+    weight[:, 1, 11] = (weight[:, 1, 11] & 0x1) | ((weight[:, 2, 0] << 1) & 0x6)
+    weight = weight & 0x7
+    weight = torch.cat([weight[:, 0, :11], weight[:, 1, 1:12], weight[:, 2, 1:11]], dim=1)
+    weight = weight.reshape(weight.shape[0] * weight.shape[1], weight.shape[2])
+    return scales[g_idx.long()] * (weight - zeros[g_idx.long()])
+
+
+def gptqmodel_3bit_pack(int_weight):
+    """`pack`'s qweight loop for bits == 3 over int_weight [in, out]."""
+    qweight = torch.zeros((int_weight.shape[0] // 32 * 3, int_weight.shape[1]), dtype=torch.int64)
+    i = 0
+    row = 0
+    while row < qweight.shape[0]:
+        for j in range(i, i + 10):
+            qweight[row] |= int_weight[j] << (3 * (j - i))
+        i += 10
+        qweight[row] |= int_weight[i] << 30
+        row += 1
+        qweight[row] |= (int_weight[i] >> 2) & 1
+        i += 1
+        for j in range(i, i + 10):
+            qweight[row] |= int_weight[j] << (3 * (j - i) + 1)
+        i += 10
+        qweight[row] |= int_weight[i] << 31
+        row += 1
+        qweight[row] |= (int_weight[i] >> 1) & 0x3
+        i += 1
+        for j in range(i, i + 10):
+            qweight[row] |= int_weight[j] << (3 * (j - i) + 2)
+        i += 10
+        row += 1
+    return qweight
+# --- end of GPTQModel code.
+
+
+@pytest.mark.parametrize("group_size, symmetric, act_order, checkpoint_format", [
+    (32, True, False, "gptq"), (32, False, False, "gptq"), (64, False, False, "gptq_v2"),
+    (-1, True, False, "gptq"), (32, False, True, "gptq"), (32, True, True, "gptq_v2"),
+])
+def test_3_bit_dequantizes_as_gptqmodel(group_size, symmetric, act_order, checkpoint_format):
+    fmt = get_format("gptq_int3")
+    torch.manual_seed(3)
+    w = torch.randn(64, 128) * torch.logspace(-2, 1, 128)
+    w[3] = 0.0
+    w[5] = w[5].abs()
+    spec = QuantSpec("gptq_int3", group_size=group_size, symmetric=symmetric, act_order=act_order,
+                     checkpoint_format=checkpoint_format)
+    q = fmt.quantize(w, spec, name=NAME)
+    groups = 1 if group_size == -1 else 128 // group_size
+    assert {k: (tuple(v.shape), v.dtype) for k, v in q.tensors.items()} == fmt.layout(spec, (64, 128))
+    assert q.tensors["qweight"].shape == (12, 64) and q.tensors["qzeros"].shape == (groups, 6)
+
+    parts = fmt.unpack(q)
+    their_qweight = gptqmodel_3bit_pack(parts.codes.t().to(torch.int64))
+    assert torch.equal(q.tensors["qweight"], to_int32(their_qweight))
+
+    qzeros = q.tensors["qzeros"].clone()
+    if checkpoint_format == "gptq":
+        for start, offset in enumerate(GPTQMODEL_V1_TO_V2_3BIT):  # as GPTQModel: a wrapping scalar add
+            qzeros.data[:, range(start, qzeros.shape[1], 3)] += offset
+    theirs = gptqmodel_3bit_dequantize(q.tensors["qweight"], qzeros, q.tensors["scales"].float(), q.tensors["g_idx"])
+    ours = fmt.dequantize(q)
+    assert torch.equal(ours, theirs.t().contiguous())
+    g_idx = q.tensors["g_idx"].long()
+    step = q.tensors["scales"].double().t()[:, g_idx]
+    assert ((ours.double() - w.double()).abs() <= step / 2 * (1 + 2**-20)).all()
+
+
+def test_3_bit_needs_multiples_of_32():
+    with pytest.raises(FormatError, match="divisible by 32"):
+        get_format("gptq_int3").quantize(torch.randn(48, 128), QuantSpec("gptq_int3", group_size=32))
+
+
 def test_widths_differ_in_size_and_error():
     torch.manual_seed(0)
     w = torch.randn(64, 256)
     errors, sizes = [], []
-    for bits in (2, 4, 8):
+    for bits in (2, 3, 4, 8):
         fmt = get_format(f"gptq_int{bits}")
         spec = QuantSpec(fmt.name, group_size=128)
         errors.append(float((fmt.dequantize(fmt.quantize(w, spec)) - w).pow(2).mean()))
         sizes.append(fmt.bits_per_weight(spec, (64, 256)))
-    assert errors[0] > errors[1] > errors[2]
-    assert sizes == pytest.approx([2 + (16 + 2) / 128 + 32 / 64, 4 + (16 + 4) / 128 + 32 / 64,
-                                   8 + (16 + 8) / 128 + 32 / 64])
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+    assert sizes == pytest.approx([2 + (16 + 2) / 128 + 32 / 64, 3 + (16 + 3) / 128 + 32 / 64,
+                                   4 + (16 + 4) / 128 + 32 / 64, 8 + (16 + 8) / 128 + 32 / 64])

@@ -80,14 +80,14 @@ def test_gptqmodel_dynamic_gives_modules_their_own_bits(module, fmt, group):
         assert (spec.format, spec.group_size) == (fmt, group)
 
 
-@pytest.mark.parametrize("bits, fmt", [(2, "gptq_int2"), (4, "gptq_int4"), (8, "gptq_int8")])
+@pytest.mark.parametrize("bits, fmt", [(2, "gptq_int2"), (3, "gptq_int3"), (4, "gptq_int4"), (8, "gptq_int8")])
 def test_gptq_widths(bits, fmt):
     assert module_spec({"quant_method": "gptq", "bits": bits}, MODULE, "release").format == fmt
 
 
-def test_3_bit_gptq_is_refused_naming_the_module():
-    config = {**GPTQ_MIX, "dynamic": {r".*\.mlp\.down_proj": {"bits": 3}}}
-    with pytest.raises(CheckpointError, match=r"module model.layers.0.mlp.down_proj: 3-bit GPTQ packs codes"):
+def test_unknown_gptq_width_and_8_bit_awq_are_refused_naming_the_module():
+    config = {**GPTQ_MIX, "dynamic": {r".*\.mlp\.down_proj": {"bits": 5}}}
+    with pytest.raises(CheckpointError, match=r"module model.layers.0.mlp.down_proj: 5-bit GPTQ"):
         module_spec(config, MODULE, "release")
     with pytest.raises(CheckpointError, match="8-bit AWQ"):
         module_spec({"quant_method": "awq", "bits": 8}, MODULE, "release")

@@ -524,24 +524,27 @@ def test_static_fp8_release_runs_its_input_scale_through_pack_and_load(tmp_path,
 
 
 def test_gptqmodel_int4_int8_mix_release_packs_and_loads(tmp_path, base):
-    """A GPTQModel release whose `dynamic` gives down_proj 8 bits (the "Int4-Int8Mix" style): each module read
-    in its own width, byte for byte, packed, and run by the HF path."""
+    """A GPTQModel release whose `dynamic` gives down_proj 8 bits (the "Int4-Int8Mix" style) and up_proj 3 bits:
+    each module read in its own width, byte for byte, packed, and run by the HF path."""
     from mpq_serving.loaders.hf_model import load_model
     from mpq_serving.loaders.pack import pack
 
     config = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": False,
-              "format": "gptq", "dynamic": {r"+:.*\.down_proj": {"bits": 8, "group_size": 64}}}
+              "format": "gptq", "dynamic": {r"+:.*\.down_proj": {"bits": 8, "group_size": 64},
+                                            r"+:.*\.up_proj": {"bits": 3}}}
     written = {}
 
     def quantize(name, w):
-        fmt = "gptq_int8" if name.endswith("down_proj") else "gptq_int4"
+        fmt = {"down_proj": "gptq_int8", "up_proj": "gptq_int3"}.get(name.rsplit(".", 1)[-1], "gptq_int4")
         written[name] = get_format(fmt).quantize(
             w, QuantSpec(fmt, group_size=64 if fmt == "gptq_int8" else 32, symmetric=False))
         return written[name]
 
     folder = hand_release(base, tmp_path / "mix", config, quantize)
-    plan = plan_from_dict({"default": {"wq": "gptq_int4"}, "overrides": [{"pattern": "*.down_proj", "wq": "gptq_int8"}],
-                           "sources": {"gptq_int4": str(folder), "gptq_int8": str(folder)},
+    plan = plan_from_dict({"default": {"wq": "gptq_int4"},
+                           "overrides": [{"pattern": "*.down_proj", "wq": "gptq_int8"},
+                                         {"pattern": "*.up_proj", "wq": "gptq_int3", "group_size": 32}],
+                           "sources": {"gptq_int4": str(folder), "gptq_int8": str(folder), "gptq_int3": str(folder)},
                            "base_model_path": str(base)})
     loader = TrueMixedPrecisionLoader(plan)
     for name, q in written.items():
@@ -554,6 +557,10 @@ def test_gptqmodel_int4_int8_mix_release_packs_and_loads(tmp_path, base):
     x = torch.randn(2, down.in_features)
     w = get_format("gptq_int8").dequantize(written["model.layers.0.mlp.down_proj"])
     torch.testing.assert_close(down(x), x @ w.t(), rtol=1e-5, atol=1e-5)
+    up = model.get_submodule("model.layers.0.mlp.up_proj")
+    x = torch.randn(2, up.in_features)
+    w = get_format("gptq_int3").dequantize(written["model.layers.0.mlp.up_proj"])
+    torch.testing.assert_close(up(x), x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gptq-int4-int8-mix", "autoawq", "ct-W4A16", "ct-FP8-static", "ct-NVFP4A16",

@@ -59,6 +59,7 @@ def _why_not(fmt: str) -> str:
         "int8": "our int8 is weight-only; vLLM's int8 method (W8A8) also quantizes activations",
         "gptq_int8": "2- and 8-bit GPTQ run on our kernels (vLLM's GPTQ method is wired here for 4-bit parts)",
         "gptq_int2": "2- and 8-bit GPTQ run on our kernels (vLLM's GPTQ method is wired here for 4-bit parts)",
+        "gptq_int3": "3-bit GPTQ runs on our kernels: GPTQModel's 3-bit v1 zeros differ from what vLLM's GPTQ path reads",
         "nvfp4": "vLLM's NVFP4 kernels are GPU-only (and read whole compressed-tensors schemes, not per-module plans)",
         "ct_int8": "W8A16 pack-quantized int8 runs on our kernels (vLLM's method is wired here for 4-bit parts)",
         "bf16": "bf16 part of a fused layer whose other parts are quantized",
