@@ -15,7 +15,9 @@ class QuantSpec:
     `format` is a registered format name; the other fields refine it and are ignored by formats
     they do not concern (a bf16 weight has no group size).  `group_size` -1 means one group per
     output channel (per-channel); None (here and in `symmetric`, `granularity`) means the format's
-    default, filled in by `Format.normalize`.
+    default, filled in by `Format.normalize`.  `checkpoint_format` names a stored variant of the layout:
+    GPTQ's v1 / v2 zeros, or AutoAWQ's GEMV layout ("awq_gemv"), which is only ever read from a
+    source and repacked to GEMM at load.
     """
 
     format: str
@@ -24,7 +26,7 @@ class QuantSpec:
     act_order: bool = False
     granularity: Granularity | None = None
     activation: str | None = None
-    checkpoint_format: Literal["gptq", "gptq_v2"] = "gptq"
+    checkpoint_format: Literal["gptq", "gptq_v2", "awq_gemv"] = "gptq"
 
     def with_defaults(self, **defaults: object) -> "QuantSpec":
         """Fill fields that are None with the given defaults (used by each format)."""

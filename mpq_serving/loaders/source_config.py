@@ -84,16 +84,17 @@ def _gptq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
 def _awq(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
     bits = qc.get("bits", qc.get("w_bit", 4))
     if int(bits) != 4:
-        raise CheckpointError(f"{where}: {bits}-bit AWQ weights; AutoAWQ's GEMM layout is read at 4 bits")
+        raise CheckpointError(f"{where}: {bits}-bit AWQ weights; AutoAWQ's layouts are read at 4 bits")
     version = str(qc.get("version", "gemm")).lower()
-    if version != "gemm":
-        raise CheckpointError(f"{where}: AWQ version {version!r}; only the GEMM layout is supported")
+    if version not in ("gemm", "gemv"):
+        raise CheckpointError(f"{where}: AWQ version {version!r}; the GEMM and GEMV layouts are read")
     if any(skip in module for skip in qc.get("modules_to_not_convert") or []):
         return None
     return QuantSpec(
         "awq_int4",
         group_size=int(qc.get("group_size", qc.get("q_group_size", 128))),
         symmetric=not bool(qc.get("zero_point", True)),
+        checkpoint_format="awq_gemv" if version == "gemv" else "gptq",  # GEMV: repacked to GEMM at load
     )
 
 

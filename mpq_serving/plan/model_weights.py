@@ -68,7 +68,9 @@ def _logical_shape(ckpt: Checkpoint, module: str, suffix: str, shape: tuple[int,
     if suffix == "weight" and len(shape) == 2 and f"{module}.weight_packed" not in ckpt:
         return (shape[0], shape[1])
     if suffix == "qweight" and len(shape) == 2:
-        if method == "awq":
+        if method == "awq":  # GEMM: qweight [in, out/8]; GEMV: [out, in/8]
+            if str((ckpt.quantization_config or {}).get("version", "gemm")).lower() == "gemv":
+                return (shape[0], shape[1] * 8)
             return (shape[1] * 8, shape[0])
         # GPTQ at 2 / 3 / 4 / 8 bits (per module under GPTQModel's `dynamic`): qweight [in*b/32, out] and
         # qzeros [groups, out*b/32] pack the same b, so in = qweight rows * out / qzeros columns

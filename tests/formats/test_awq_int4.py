@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from autoawq_gemv import autoawq_gemv_from_linear
 from hypothesis import strategies as st
+
 
 from mpq_serving.errors import FormatError
 from mpq_serving.formats import QuantSpec, get_format
@@ -125,6 +127,32 @@ def autoawq_pack(intweight: torch.Tensor, zeros: torch.Tensor, w_bit: int = 4):
             qzero_col = zeros[:, col * pack_num + order_map[i]]
             qzeros[:, col] |= qzero_col << (i * w_bit)
     return qweight, qzeros
+
+
+
+
+@pytest.mark.parametrize("group_size, in_f", [(32, 96), (32, 1056), (64, 256), (128, 384), (128, 2048)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gemv_layout_written_by_autoawq_reads_as_the_same_gemm_bytes(group_size, in_f, symmetric):
+    torch.manual_seed(group_size + in_f)
+    w = torch.randn(16, in_f) * torch.logspace(-2, 0, in_f)
+    spec = QuantSpec("awq_int4", group_size=group_size, symmetric=symmetric)
+    gemm = AWQ.quantize(w, spec, name=NAME)
+    parts = AWQ.unpack(gemm)
+    # AutoAWQ rounds (w + zero*scale) / scale: hand it the dequantized weight so its codes are ours
+    scales, zeros = parts.scales.to(torch.float16), parts.zeros
+    stored = autoawq_gemv_from_linear(AWQ.dequantize(gemm).to(torch.float16), scales, zeros.to(torch.float16),
+                                      group_size)
+    gemv_spec = QuantSpec("awq_int4", group_size=group_size, symmetric=symmetric, checkpoint_format="awq_gemv")
+    assert {k: (tuple(v.shape), v.dtype) for k, v in stored.items()} == AWQ.layout(gemv_spec, (16, in_f))
+    read = AWQ.from_tensors(stored, gemv_spec, (16, in_f), name=NAME)
+    assert read.spec.checkpoint_format != "awq_gemv"
+    assert all(torch.equal(read.tensors[k], gemm.tensors[k]) for k in gemm.tensors)
+
+
+def test_gemv_group_sizes_autoawq_cannot_write_are_refused():
+    with pytest.raises(FormatError, match="GEMV layout has group sizes 32, 64 or >= 128"):
+        AWQ.check_shape(QuantSpec("awq_int4", group_size=16, checkpoint_format="awq_gemv"), (16, 64), NAME)
 
 
 # ---------------------------------------------------------------- independent references

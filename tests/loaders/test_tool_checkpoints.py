@@ -51,6 +51,7 @@ from compressed_tensors.quantization.utils import (
 )
 from compressed_tensors.utils.match import match_name
 from safetensors.torch import load_file, save_file
+from autoawq_gemv import autoawq_gemv_from_linear
 from tiny_hf import save_tiny
 from transformers import (
     AutoModelForCausalLM,
@@ -563,8 +564,8 @@ def test_gptqmodel_int4_int8_mix_release_packs_and_loads(tmp_path, base):
     torch.testing.assert_close(up(x), x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gptq-int4-int8-mix", "autoawq", "ct-W4A16", "ct-FP8-static", "ct-NVFP4A16",
-                                  "deepseek-fp8-block"])
+@pytest.mark.parametrize("kind", ["gptq-int4-int8-mix", "autoawq", "autoawq-gemv", "ct-W4A16", "ct-FP8-static",
+                                  "ct-NVFP4A16", "deepseek-fp8-block"])
 def test_load_model_reads_a_tool_folder_through_our_readers(tmp_path, base, kind):
     """`load_model(folder)` (so `mpq eval ppl`, `mpq serve --engine hf`) on a tool's folder: every linear as stored,
     no transformers quantizer (which would want optimum / gptqmodel / autoawq), logits close to the float model's."""
@@ -590,6 +591,18 @@ def test_load_model_reads_a_tool_folder_through_our_readers(tmp_path, base, kind
                               lambda _, w: get_format("awq_int4").quantize(w, QuantSpec("awq_int4", group_size=32,
                                                                                         symmetric=False)))
         expected = {"model.layers.0.mlp.down_proj": "awq_int4"}
+    elif kind == "autoawq-gemv":  # AutoAWQ's GEMV layout, written by its own packing code; repacked to GEMM at load
+        config = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemv"}
+        awq = get_format("awq_int4")
+
+        def quantize(_, w):
+            gemm = awq.quantize(w, QuantSpec("awq_int4", group_size=32, symmetric=False))
+            parts = awq.unpack(gemm)
+            tensors = autoawq_gemv_from_linear(awq.dequantize(gemm).half(), parts.scales.half(), parts.zeros.half(), 32)
+            return type("GEMV", (), {"tensors": tensors})()
+
+        folder = hand_release(base, tmp_path / kind, config, quantize)
+        expected = {"model.layers.0.mlp.down_proj": "awq_int4", "model.layers.0.self_attn.q_proj": "awq_int4"}
     elif kind == "deepseek-fp8-block":
         config = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [32, 32]}
         folder = hand_release(base, tmp_path / kind, config,
