@@ -60,10 +60,34 @@ class PackedSource:
             tensors = {s: self.checkpoint.read(f"{name}.{s}") for s in fmt.layout(spec, shape)}
             yield name, fmt.from_tensors(tensors, spec, shape, name=f"{self.checkpoint.path}:{name}")
 
-    def other_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def _owned(self) -> set[str]:
         owned = set()
         for name, (spec, shape) in self.modules.items():
             owned.update(f"{name}.{s}" for s in get_format(spec.format).layout(spec, shape))
+        return owned
+
+    def check_headers(self) -> None:
+        """Every module's tensors present with the shape its format stores, before any is read."""
+        for name, (spec, shape) in self.modules.items():
+            for suffix, (want, _) in get_format(spec.format).layout(spec, shape).items():
+                tensor = f"{name}.{suffix}"
+                if tensor not in self.checkpoint:
+                    raise CheckpointError(f"{self.checkpoint.path}: tensor {tensor} is missing "
+                                          f"(needed for {spec.describe()})")
+                have = tuple(self.checkpoint.info(tensor).shape)
+                if have != tuple(want) and not (have == () and tuple(want) == (1,)):
+                    raise CheckpointError(f"{self.checkpoint.path}: tensor {tensor} has shape {have}, expected "
+                                          f"{tuple(want)} for {spec.describe()} of a {shape[0]}x{shape[1]} weight")
+
+    def module_names(self) -> list[str]:
+        return list(self.modules)
+
+    def other_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        owned = self._owned()
+        return {n: tuple(self.checkpoint.info(n).shape) for n in self.checkpoint.tensors if n not in owned}
+
+    def other_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        owned = self._owned()
         for name in self.checkpoint.tensors:
             if name not in owned:
                 yield name, self.checkpoint.read(name)
@@ -98,6 +122,7 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     rename = _renamer(model)
+    _check_before_streaming(model, config, rename, source)
     experts: dict[str, dict[int, dict[str, QuantizedTensor]]] = defaultdict(lambda: defaultdict(dict))
     pending_bias: dict[str, MixedPrecisionLinear] = {}
     for name, q in modules:
@@ -129,6 +154,51 @@ def load_model(path_or_plan: str | Path | Plan, model_dir: str | Path | None = N
     _finish(model, config, dtype)
     model.config._name_or_path = str(config_dir)  # where the tokenizer and generation config live
     return model.eval()
+
+
+def _check_before_streaming(model: nn.Module, config, rename, source) -> None:
+    """Everything that can fail, checked from the config and the headers before a single module is read:
+    each linear the source holds has a place in the model, each other tensor a parameter or buffer of its
+    shape, and every parameter the model needs comes from somewhere (else minutes of streaming end in an error)."""
+    if isinstance(source, PackedSource):
+        source.check_headers()
+    covered: set[str] = set()
+    expert_prefixes: set[str] = set()
+    for name in source.module_names():
+        target = rename(name)
+        m = _EXPERT.match(target)
+        if m:
+            expert_prefixes.add(m["prefix"])
+            continue
+        module = _get(model, target, name)
+        if not isinstance(module, nn.Linear) and not isinstance(getattr(module, "weight", None), nn.Parameter):
+            raise MPQError(f"{name}: stored as a quantized linear, but the model's {target} is a "
+                           f"{type(module).__name__}, not a linear layer or MoE expert mpq-serving can replace")
+        covered.add(f"{target}.weight")
+    for prefix in expert_prefixes:
+        _get(model, prefix, prefix)
+    for name, shape in source.other_tensor_shapes().items():
+        target = rename(name)
+        owner_name, _, leaf = target.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError:
+            raise CheckpointError(f"{name}: the model has no module {owner_name}") from None
+        current = getattr(owner, leaf, None)
+        if not isinstance(current, torch.Tensor):
+            raise CheckpointError(f"{name}: the model has no parameter or buffer {target}")
+        if tuple(current.shape) != tuple(shape):
+            raise CheckpointError(f"{name}: shape {tuple(shape)}, the model expects {tuple(current.shape)}")
+        covered.add(target)
+    if getattr(config, "tie_word_embeddings", False):
+        head = model.get_output_embeddings()
+        if head is not None:
+            covered.update(f"{n}.weight" for n, mod in model.named_modules() if mod is head)
+    missing = [n for n, p in model.named_parameters(remove_duplicate=False)
+               if p.is_meta and n not in covered and not any(n.startswith(f"{e}.") for e in expert_prefixes)]
+    if missing:
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise CheckpointError(f"tensors missing from the checkpoint: {', '.join(missing[:10])}{more}")
 
 
 def module_path(model: nn.Module, weight_name: str) -> str:

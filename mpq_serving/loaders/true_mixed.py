@@ -96,6 +96,14 @@ class TrueMixedPrecisionLoader:
             if name not in stored_by_linears:
                 yield name, self.folded.norms[name] if name in self.folded.norms else self.reference.read(name)
 
+    def module_names(self) -> list[str]:
+        return [w.name for w in self.weights]
+
+    def other_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of what `other_tensors` yields, from the headers (a re-folded norm keeps its shape)."""
+        stored_by_linears = self._linear_tensor_names(self.reference)
+        return {n: tuple(self.reference.info(n).shape) for n in self.reference.tensors if n not in stored_by_linears}
+
     def _linear_tensor_names(self, ckpt: Checkpoint) -> set[str]:
         suffixes = {suffix for fmt in format_names() for suffix in get_format(fmt).tensor_names}
         return {f"{w.name}.{s}" for w in self.weights for s in suffixes}

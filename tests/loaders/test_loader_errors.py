@@ -180,3 +180,65 @@ def test_a_base_tensor_missing_is_refused_naming_it(tmp_path, llama):
     from mpq_serving.plan.validate import validate_plan
 
     assert any("model.layers.0.mlp.up_proj.weight" in p for p in validate_plan(plan_from_dict({"default": {"wq": "int8"}}), llama))
+
+
+def _count_reads(monkeypatch):
+    from mpq_serving.loaders.checkpoint import Checkpoint
+
+    reads = []
+    original = Checkpoint.read
+
+    def read(self, name):
+        reads.append(name)
+        return original(self, name)
+
+    monkeypatch.setattr(Checkpoint, "read", read)
+    return reads
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_missing_norm_is_refused_before_a_single_module_is_read(tmp_path, llama, monkeypatch, packed):
+    """load_model checks, from the config and the headers, that every parameter the model needs is stored."""
+    plan = plan_from_dict({"default": {"wq": "gptq_int4", "group_size": 64}, "base_model_path": str(llama)})
+    if packed:
+        folder = pack(plan, tmp_path / "packed", progress=False)
+        target = folder / "model.safetensors"
+    else:
+        folder = tmp_path / "base"
+        folder.mkdir()
+        for f in llama.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        target = folder / "model.safetensors"
+        plan = plan_from_dict({"default": {"wq": "gptq_int4", "group_size": 64}, "base_model_path": str(folder)})
+    tensors = load_file(str(target))
+    del tensors["model.layers.1.post_attention_layernorm.weight"]
+    save_file(tensors, str(target))
+    reads = _count_reads(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: model\.layers\.1\.post_attention_layernorm"):
+        load_model(folder if packed else plan, progress=False)
+    assert reads == []
+
+
+def test_a_norm_of_the_wrong_shape_is_refused_before_a_single_module_is_read(tmp_path, llama, monkeypatch):
+    folder = pack(plan_from_dict({"default": {"wq": "int8"}, "base_model_path": str(llama)}), tmp_path / "p",
+                  progress=False)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.norm.weight"] = torch.ones(7)
+    save_file(tensors, str(folder / "model.safetensors"))
+    reads = _count_reads(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight: shape \(7,\), the model expects"):
+        load_model(folder, progress=False)
+    assert reads == []
+
+
+def test_a_packed_module_tensor_missing_is_refused_before_a_single_module_is_read(tmp_path, llama, monkeypatch):
+    folder = pack(plan_from_dict({"default": {"wq": "int8"}, "base_model_path": str(llama)}), tmp_path / "p",
+                  progress=False)
+    tensors = load_file(str(folder / "model.safetensors"))
+    scale = next(n for n in tensors if n.startswith("model.layers.1.") and n.endswith("scale"))
+    del tensors[scale]
+    save_file(tensors, str(folder / "model.safetensors"))
+    reads = _count_reads(monkeypatch)
+    with pytest.raises(CheckpointError, match=f"tensor {scale} is missing"):
+        load_model(folder, progress=False)
+    assert reads == []
