@@ -29,11 +29,12 @@ GPTQ's 2- and 8-bit layouts are this one with 16 / 4 codes per int32 (element j 
 offset one in every field: 0x55555555 / 0x01010101), as GPTQModel's `dequantize_weight` reads them for
 bits in (2, 4, 8); each is a subclass that only sets `bits` (`gptq_int2.py`, `gptq_int8.py`).  3-bit
 (`gptq_int3.py`) packs 32 codes into 3 words as one little-endian bit stream, so codes 10 and 21 of
-each 32 straddle two words.  Its v1 zeros follow GPTQModel, the tool that writes 3-bit checkpoints
-today: `convert_gptq_v1_to_v2_format_module` adds one constant per word by word index mod 3
-(0x24924924, 0x92492492, 0x49249249).  Those are the stream's "one in every field" words 2, 1 and 0
-— words 0 and 2 swapped — so a GPTQModel 3-bit v1 zero is not the per-field zero - 1 that AutoGPTQ
-writes and vLLM's exllama path reads; we read what GPTQModel wrote, as GPTQModel reads it back.
+each 32 straddle two words.  Its v1 zeros are shifted field by field ((zero - 1) mod 8, unpacked and
+repacked), as GPTQModel 7.6 does (`_shift_gptq_qzeros`, utils/model_dequant.py) and AutoGPTQ and
+vLLM read them; a whole-word add would carry across the straddling fields.  (Older GPTQModel releases
+added one constant per word by word index mod 3 — the stream's words 0 and 2 swapped — which does not
+round-trip with any per-field reader; checked against GPTQModel 7.6's own writer and reader in
+`benchmarks/tool_matrix.py`.)
 """
 
 from __future__ import annotations
@@ -62,24 +63,19 @@ from .spec import QuantizedTensor, QuantSpec
 V1_ZERO_OFFSET = 0x11111111  # one in every nibble: GPTQ v1 stores zero - 1
 
 
-# GPTQModel's per-word v1 offsets for 3 bits, by word index mod 3 (see the module docstring).
-V1_ZERO_OFFSET_3BIT = (0b00100100100100100100100100100100, 0b10010010010010010010010010010010,
-                       0b01001001001001001001001001001001)
-
-
 def v1_zero_offset(bits: int) -> int:
     """One in every `bits`-wide field of a 32-bit word (0x11111111 for int4); widths dividing 32 only."""
     return sum(1 << (bits * j) for j in range(32 // bits))
 
 
 def shift_v1_zeros(qzeros: torch.Tensor, bits: int, sign: int) -> torch.Tensor:
-    """qzeros (packed along dim 1) plus `sign` times GPTQModel's v1 offset, word by word modulo 2**32."""
+    """qzeros (packed along dim 1) with every zero shifted by `sign`: whole words modulo 2**32 where fields
+    tile the word (GPTQModel's int32 path), field by field modulo 2**bits for 3 bits (see the module docstring)."""
     if 32 % bits == 0:
-        offset: int | torch.Tensor = v1_zero_offset(bits)
-    else:
-        cycle = torch.tensor(V1_ZERO_OFFSET_3BIT, dtype=torch.int64, device=qzeros.device)
-        offset = cycle[torch.arange(qzeros.shape[1], device=qzeros.device) % 3]
-    return to_int32(qzeros.to(torch.int64) + sign * offset)
+        return to_int32(qzeros.to(torch.int64) + sign * v1_zero_offset(bits))
+    length = qzeros.shape[1] * 32 // bits
+    fields = (unpack_int4(qzeros, dim=1, length=length, bits=bits) + sign) & ((1 << bits) - 1)
+    return pack_int4(fields, dim=1, bits=bits)
 
 
 @register_format

@@ -500,11 +500,6 @@ GPTQMODEL_WF_3BIT = torch.tensor(
     ],
     dtype=torch.int32,
 ).reshape(1, 3, 12)
-# gptqmodel/utils/model.py `convert_gptq_v1_to_v2_format_module`, bits == 3, int32: by column mod 3.
-GPTQMODEL_V1_TO_V2_3BIT = (0b00100100100100100100100100100100, 0b10010010010010010010010010010010,
-                           0b01001001001001001001001001001001)
-
-
 def gptqmodel_3bit_dequantize(qweight, qzeros, scales, g_idx):
     wf_unsqueeze_zero, wf_unsqueeze_neg_one = GPTQMODEL_WF_3BIT.unsqueeze(0), GPTQMODEL_WF_3BIT.unsqueeze(-1)
     zeros = qzeros.reshape(qzeros.shape[0], qzeros.shape[1] // 3, 3, 1).expand(-1, -1, -1, 12)
@@ -522,6 +517,17 @@ def gptqmodel_3bit_dequantize(qweight, qzeros, scales, g_idx):
     weight = torch.cat([weight[:, 0, :11], weight[:, 1, 1:12], weight[:, 2, 1:11]], dim=1)
     weight = weight.reshape(weight.shape[0] * weight.shape[1], weight.shape[2])
     return scales[g_idx.long()] * (weight - zeros[g_idx.long()])
+
+
+def gptqmodel_3bit_unpack_zeros(qzeros, shape):
+    """The qzeros half of `dequantize_weight`'s bits == 3 branch (`shape` is scales.shape)."""
+    wf_unsqueeze_zero = GPTQMODEL_WF_3BIT.unsqueeze(0)
+    zeros = qzeros.reshape(qzeros.shape[0], qzeros.shape[1] // 3, 3, 1).expand(-1, -1, -1, 12)
+    zeros = zeros >> wf_unsqueeze_zero
+    zeros[:, :, 0, 10] = (zeros[:, :, 0, 10] & 0x3) | ((zeros[:, :, 1, 0] << 2) & 0x4)
+    zeros[:, :, 1, 11] = (zeros[:, :, 1, 11] & 0x1) | ((zeros[:, :, 2, 0] << 1) & 0x6)
+    zeros = zeros & 0x7
+    return torch.cat([zeros[:, :, 0, :11], zeros[:, :, 1, 1:12], zeros[:, :, 2, 1:11]], dim=2).reshape(shape)
 
 
 def gptqmodel_3bit_pack(int_weight):
@@ -574,9 +580,10 @@ def test_3_bit_dequantizes_as_gptqmodel(group_size, symmetric, act_order, checkp
     assert torch.equal(q.tensors["qweight"], to_int32(their_qweight))
 
     qzeros = q.tensors["qzeros"].clone()
-    if checkpoint_format == "gptq":
-        for start, offset in enumerate(GPTQMODEL_V1_TO_V2_3BIT):  # as GPTQModel: a wrapping scalar add
-            qzeros.data[:, range(start, qzeros.shape[1], 3)] += offset
+    if checkpoint_format == "gptq":  # GPTQModel 7.6 `_shift_gptq_qzeros`: unpack, + 1 per field mod 8, repack
+        groups = qzeros.shape[0]
+        fields = gptqmodel_3bit_unpack_zeros(qzeros, (groups, 64))
+        qzeros = to_int32(gptqmodel_3bit_pack(((fields + 1) & 7).t().to(torch.int64)).t().contiguous())
     theirs = gptqmodel_3bit_dequantize(q.tensors["qweight"], qzeros, q.tensors["scales"].float(), q.tensors["g_idx"])
     ours = fmt.dequantize(q)
     assert torch.equal(ours, theirs.t().contiguous())
