@@ -28,6 +28,18 @@ from pathlib import Path
 
 
 
+def vllm_cpu_int4_kernel() -> bool:
+    """Whether vLLM's CPU int4 kernel (cpu_gemm_wna16) exists on this machine: not in the AVX2 build vLLM
+    loads on a CPU without AVX-512, where stock vLLM crashes on its first GPTQ / AWQ request."""
+    from mpq_serving.integrations.vllm.native import cpu_int4_kernel_available
+
+    return cpu_int4_kernel_available()
+
+
+STOCK_INT4_REASON = ("stock vLLM's GPTQ / AWQ path needs cpu_gemm_wna16, absent from the AVX2 build vLLM loads on "
+                     "this CPU (no AVX-512); our plugin runs those layers on its own kernels there")
+
+
 class ServerStartError(RuntimeError):
     """The server process exited, or did not answer in time; the message ends with its log tail."""
 

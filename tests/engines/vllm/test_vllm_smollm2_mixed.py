@@ -12,7 +12,7 @@ import json
 import httpx
 import openai
 import pytest
-from servers import VllmServer
+from servers import VllmServer, vllm_cpu_int4_kernel
 from engine_compare import assert_prompt_logprobs_match_hf
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew up around the river "
@@ -38,8 +38,11 @@ def model_id(client) -> str:
 def test_plugin_chose_per_format(server):
     """The log says, once per format, who runs it: vLLM's own int4 method or our kernels."""
     log = server.log_path.read_text()
-    assert "mpq: gptq_int4 g128 -> vLLM's own GPTQ method" in log
-    assert "mpq: awq_int4 g128 asym -> vLLM's own AWQ method" in log
+    if vllm_cpu_int4_kernel():
+        assert "mpq: gptq_int4 g128 -> vLLM's own GPTQ method" in log
+        assert "mpq: awq_int4 g128 asym -> vLLM's own AWQ method" in log
+    else:  # the AVX2 build of vLLM-CPU has no int4 kernel: ours, with the reason
+        assert "mpq: gptq_int4 g128 -> mpq-serving's kernels" in log and "no cpu_gemm_wna16" in log
     assert "mpq: fp8 channel -> mpq-serving's kernels" in log
     assert "mxfp4" in log and "int8 channel" in log
     assert log.count("mpq: fp8 channel -> ") == 1
