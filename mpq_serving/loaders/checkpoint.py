@@ -74,11 +74,9 @@ class Checkpoint:
 
     @property
     def quantization_config(self) -> dict[str, Any] | None:
-        """The tool's quantization config: config.json's `quantization_config`, else quantize_config.json."""
+        """The tool's quantization config (see `folder_quantization_config`)."""
         qc = self.config.get("quantization_config")
-        if qc is None and self.path.is_dir() and (self.path / "quantize_config.json").is_file():
-            qc = _read_json(self.path / "quantize_config.json")
-        return qc
+        return qc if qc is not None or not self.path.is_dir() else folder_quantization_config(self.path)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -130,3 +128,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+
+
+def folder_quantization_config(folder: Path) -> dict[str, Any] | None:
+    """config.json's `quantization_config`, else quantize_config.json (AutoGPTQ / GPTQModel), else ModelOpt's
+    hf_quant_config.json (its `quantization` block, as quant_method modelopt); None for a plain folder."""
+    config = folder / "config.json"
+    qc = _read_json(config).get("quantization_config") if config.is_file() else None
+    if qc is None and (folder / "quantize_config.json").is_file():
+        qc = _read_json(folder / "quantize_config.json")
+    if qc is None and (folder / "hf_quant_config.json").is_file():
+        qc = {"quant_method": "modelopt", **(_read_json(folder / "hf_quant_config.json").get("quantization") or {})}
+    return qc

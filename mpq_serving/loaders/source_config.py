@@ -2,11 +2,13 @@
 
 Understands GPTQ / GPTQModel (`quantize_config.json` or `quantization_config`, incl. `dynamic`
 per-module overrides), AutoAWQ, FP8 block releases (`quant_method: fp8`, `weight_block_size`),
-compressed-tensors (`config_groups`, `ignore`), and our own packed `mpq` checkpoints.
+compressed-tensors (`config_groups`, `ignore`), NVIDIA ModelOpt (`quant_method: modelopt`, or the
+`quantization` block of its hf_quant_config.json), and our own packed `mpq` checkpoints.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import replace
 from typing import Any
@@ -29,6 +31,8 @@ def module_spec(qconfig: dict[str, Any] | None, module: str, where: str) -> Quan
         return _fp8_block(qconfig, module, where)
     if method == "compressed-tensors":
         return _compressed_tensors(qconfig, module, where)
+    if method == "modelopt":
+        return _modelopt(qconfig, module, where)
     if method == "mpq":
         entry = PackedConfig.read(qconfig, where).modules.get(module)
         return None if entry is None else entry.spec()
@@ -116,6 +120,24 @@ def _fp8_block(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
                                   "block weights with dynamic activations only")
         return QuantSpec("fp8", group_size=int(block[0]), granularity="block", activation=activation)
     return QuantSpec("fp8", granularity="tensor", activation=activation)
+
+
+def _modelopt(qc: dict[str, Any], module: str, where: str) -> QuantSpec | None:
+    """NVIDIA ModelOpt: `quant_algo` FP8 stores per-tensor fp8 `weight` + `weight_scale` and a calibrated
+    per-tensor `input_scale` (static activations, as vLLM's ModelOptFp8Config runs them), the names AutoFP8
+    static uses.  NVFP4 (W4A4: FP4 activations) and the other algorithms are refused by name."""
+    qc = qc.get("quantization", qc)
+    excluded = qc.get("exclude_modules") or qc.get("ignore") or []
+    if any(fnmatch.fnmatchcase(module, p) or module == p or module.endswith("." + p) for p in excluded):
+        return None
+    algo = str(qc.get("quant_algo", "")).upper()
+    if algo == "FP8":
+        return QuantSpec("fp8", granularity="tensor", activation="fp8_static")
+    if algo == "NVFP4":
+        raise CheckpointError(f"{where}: ModelOpt quant_algo NVFP4 is W4A4 (NVFP4 activations with a calibrated "
+                              "input_scale), which mpq-serving does not run; its weight-only NVFP4 is read from "
+                              "compressed-tensors (NVFP4A16)")
+    raise CheckpointError(f"{where}: ModelOpt quant_algo {algo or '(none)'!r} is not read (FP8 is)")
 
 
 def _ct_target_matches(target: str, module: str) -> bool:

@@ -11,7 +11,6 @@ activation schemes, so nothing here restates them.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -20,18 +19,17 @@ import torch
 from ..plan import Plan, plan_from_dict
 from ..plan.matching import is_protected
 from ..plan.model_weights import linear_weights
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, folder_quantization_config
 from .source_config import module_spec
 
-TOOL_METHODS = ("gptq", "awq", "fp8", "compressed-tensors")
+TOOL_METHODS = ("gptq", "awq", "fp8", "compressed-tensors", "modelopt")
 
 
 def tool_quantization_config(folder: str | Path) -> dict | None:
     """The folder's `quantization_config` when a tool we read wrote it; None for a plain or packed folder."""
-    config_file = Path(folder) / "config.json"
-    if not config_file.is_file():
+    if not Path(folder).is_dir():
         return None
-    qc = json.loads(config_file.read_text()).get("quantization_config")
+    qc = folder_quantization_config(Path(folder))
     if not isinstance(qc, dict) or str(qc.get("quant_method", "")).lower() not in TOOL_METHODS:
         return None
     return qc

@@ -381,6 +381,48 @@ def test_autofp8_release_with_0d_scales(tmp_path, base):
         assert torch.equal(fp8.dequantize(q), theirs[f"{w.name}.weight"])
 
 
+@pytest.mark.parametrize("where", ["config.json", "hf_quant_config.json"])
+def test_modelopt_fp8_release(tmp_path, base, where):
+    """NVIDIA ModelOpt FP8 (quant_algo FP8): per-tensor fp8 weight, weight_scale and a static input_scale, the
+    config in config.json (`quant_method: modelopt`) or, in older exports, only in hf_quant_config.json;
+    `exclude_modules` keeps layers in bf16 (wildcards as ModelOpt writes them)."""
+    from mpq_serving.loaders.hf_model import load_model
+    from mpq_serving.loaders.tool_folder import tool_folder_plan
+
+    fp8 = get_format("fp8")
+    excluded = "model.layers.0.self_attn.o_proj"
+
+    def quantize(name, w):
+        if name == excluded:
+            return type("Dense", (), {"tensors": {"weight": w}})()
+        q = fp8.quantize(w, QuantSpec("fp8", granularity="tensor"))
+        q.tensors = {**q.tensors, "weight_scale": q.tensors["weight_scale"].reshape(()), "input_scale": torch.tensor(0.02)}
+        return q
+
+    quantization = {"quant_algo": "FP8", "kv_cache_quant_algo": None, "exclude_modules": ["lm_head", "*.0.self_attn.o_proj"]}
+    folder = hand_release(base, tmp_path / "modelopt", {"quant_method": "modelopt", **quantization}, quantize)
+    if where == "hf_quant_config.json":
+        config = json.loads((folder / "config.json").read_text())
+        del config["quantization_config"]
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"},
+                                                                 "quantization": quantization}))
+    plan = tool_folder_plan(folder)
+    loader = TrueMixedPrecisionLoader(plan)
+    assert loader.located[excluded].spec.format in ("bf16", "fp32")
+    q = loader.load_module("model.layers.0.mlp.down_proj")
+    assert (q.spec.format, q.spec.granularity, q.spec.activation) == ("fp8", "tensor", "fp8_static")
+    assert float(q.tensors["input_scale"]) == pytest.approx(0.02)
+    model = load_model(folder, dtype=F32, progress=False)
+    assert model(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
+
+
+def test_modelopt_nvfp4_is_refused_as_w4a4(tmp_path, base):
+    with pytest.raises(CheckpointError, match="ModelOpt quant_algo NVFP4 is W4A4"):
+        module_spec({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}, "model.layers.0.mlp.up_proj",
+                    "release")
+
+
 @pytest.mark.parametrize(
     "config",
     [
