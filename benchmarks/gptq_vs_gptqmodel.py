@@ -39,10 +39,11 @@ WORKER = HERE / "tools" / "gptqmodel_quantize.py"
 MPQ = Path(sys.executable).with_name("mpq")
 
 
-def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float | None, str]:
-    """Whole-process wall seconds, the quantize step's own seconds where the command prints them, output."""
+def run_timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float | None, str]:
+    """Whole-process wall seconds, the quantize step's own seconds where the command prints them, output.
+    `cwd`: GPTQModel writes a logs/ folder into its working directory; keep it in the scratch folder."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
     out = proc.stdout + proc.stderr
     if proc.returncode:
@@ -90,7 +91,7 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float | None]]] = {"mpq": [], "gptqmodel": []}
     for i in range(args.repeats):  # interleaved: A B A B
         for side, cmd in (("mpq", ours), ("gptqmodel", theirs)):
-            wall, step, _ = run_timed(cmd(work / f"{side}-{i}"), env)
+            wall, step, _ = run_timed(cmd(work / f"{side}-{i}"), env, cwd=work)
             runs[side].append((wall, step))
             print(f"run {i} {side}: wall {wall:.1f} s" + (f", quantize {step:.1f} s" if step else ""), flush=True)
 

@@ -104,7 +104,8 @@ def main() -> None:
         folder = work / f"v{i}"
         folder.mkdir()
         proc = subprocess.run([args.gptqmodel_python, str(WORKER), str(base), str(folder), *VARIANTS[variant]],
-                              capture_output=True, text=True, env={"GPTQMODEL_CPU_WORKERS": "2", "PATH": "/usr/bin:/bin"})
+                              capture_output=True, text=True, env={"GPTQMODEL_CPU_WORKERS": "2", "PATH": "/usr/bin:/bin"},
+                              cwd=folder)  # GPTQModel writes a logs/ folder into its working directory
         if proc.returncode:
             rows[variant] = {"error": (proc.stdout + proc.stderr)[-400:]}
             continue
