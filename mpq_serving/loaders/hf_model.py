@@ -179,16 +179,7 @@ def _check_before_streaming(model: nn.Module, config, rename, source) -> None:
         _get(model, prefix, prefix)
     for name, shape in source.other_tensor_shapes().items():
         target = rename(name)
-        owner_name, _, leaf = target.rpartition(".")
-        try:
-            owner = model.get_submodule(owner_name)
-        except AttributeError:
-            raise CheckpointError(f"{name}: the model has no module {owner_name}") from None
-        current = getattr(owner, leaf, None)
-        if not isinstance(current, torch.Tensor):
-            raise CheckpointError(f"{name}: the model has no parameter or buffer {target}")
-        if tuple(current.shape) != tuple(shape):
-            raise CheckpointError(f"{name}: shape {tuple(shape)}, the model expects {tuple(current.shape)}")
+        _tensor_slot(model, target, tuple(shape), name)
         covered.add(target)
     if getattr(config, "tie_word_embeddings", False):
         head = model.get_output_embeddings()
@@ -241,7 +232,8 @@ def _replace_experts(model: nn.Module, prefix: str, by_expert: dict[int, dict[st
     _set_module(model, prefix, MixedPrecisionExperts(built, old.act_fn))
 
 
-def _set_tensor(model: nn.Module, target: str, tensor: torch.Tensor, dtype: torch.dtype, original: str) -> None:
+def _tensor_slot(model: nn.Module, target: str, shape: tuple[int, ...], original: str):
+    """(owner module, attribute name, current tensor) of parameter or buffer `target`, which must have `shape`."""
     owner_name, _, leaf = target.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -250,8 +242,13 @@ def _set_tensor(model: nn.Module, target: str, tensor: torch.Tensor, dtype: torc
     current = getattr(owner, leaf, None)
     if not isinstance(current, torch.Tensor):
         raise CheckpointError(f"{original}: the model has no parameter or buffer {target}")
-    if tuple(current.shape) != tuple(tensor.shape):
-        raise CheckpointError(f"{original}: shape {tuple(tensor.shape)}, the model expects {tuple(current.shape)}")
+    if tuple(current.shape) != shape:
+        raise CheckpointError(f"{original}: shape {shape}, the model expects {tuple(current.shape)}")
+    return owner, leaf, current
+
+
+def _set_tensor(model: nn.Module, target: str, tensor: torch.Tensor, dtype: torch.dtype, original: str) -> None:
+    owner, leaf, current = _tensor_slot(model, target, tuple(tensor.shape), original)
     value = tensor.to(dtype) if tensor.is_floating_point() else tensor
     if isinstance(current, nn.Parameter):
         setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
