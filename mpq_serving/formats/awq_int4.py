@@ -143,4 +143,5 @@ class AWQInt4(Format):
 def gemv_zeros_width(groups: int, group_size: int) -> int:
     """AutoAWQ's `calculate_zeros_width`: int32 words of GEMV zeros per output row."""
     multiplier = 1 if group_size >= 128 or group_size == -1 else {64: 2, 32: 4}[group_size]
-    return -(-(-(-groups // 8)) // multiplier) * multiplier
+    words = -(-groups // 8)  # ceil(groups / 8): eight zeros per int32
+    return -(-words // multiplier) * multiplier  # rounded up to a multiple of the multiplier
