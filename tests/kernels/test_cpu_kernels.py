@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from mpq_serving.formats import QuantizedTensor, QuantSpec, get_format
 from mpq_serving.kernels import choose_kernel, dispatch, linear, workspace
+from mpq_serving.kernels.cpu_fused import CPU_FUSED
+from mpq_serving.kernels.cpu_fused_build import unavailable
 from mpq_serving.kernels.dispatch import registered_kernels
 from mpq_serving.kernels.fast_dequant import dequantize
 from mpq_serving.layers.linear import MixedPrecisionLinear
@@ -87,6 +89,7 @@ def test_fast_dequantize_is_bit_exact(fmt, fields, shape, seed):
 
 INT4_PACK, INT8_PACK = "int4pack (torch tinygemm)", "int8pack (torch W8A16)"
 FAST, PLAIN, REFERENCE = "fast exact dequantize + F.linear", "dequantize + F.linear", "torch reference"
+FUSED = CPU_FUSED.name
 # The other two are the float32 dequantize itself: comparing them with it would take most of the time.
 FAST_KERNELS = [k for k in registered_kernels() if k.name not in (PLAIN, REFERENCE)]
 # x's leading dims per dtype; float16 GEMMs run a slow generic path on this CPU, so fewer of them.
@@ -160,13 +163,17 @@ def test_fast_kernels_take_misaligned_operands(fmt, fields, shape, seed):
         ("int8", {}, (1536, 576), torch.bfloat16, 1, INT8_PACK, None),
         ("int8", {}, (1536, 576), torch.bfloat16, 37, FAST, "37 rows > 16"),
         ("int8", {}, (1536, 576), torch.float16, 1, FAST, "only bf16 is vectorized"),
-        ("fp8", {}, (1536, 576), torch.bfloat16, 1, FAST, None),
-        ("mxfp4", {}, (1536, 576), torch.bfloat16, 1, FAST, None),
+        ("fp8", {}, (1536, 576), torch.bfloat16, 1, FUSED, None),
+        ("mxfp4", {}, (1536, 576), torch.bfloat16, 1, FUSED, None),
+        ("mxfp8", {}, (1536, 576), torch.float32, 128, FUSED, None),
+        ("mxfp8", {}, (1536, 576), torch.bfloat16, 129, FAST, "129 rows > 128"),
         ("int8", {"activation": "int8"}, (192, 576), torch.bfloat16, 1, REFERENCE, "activations are quantized"),
         ("mxfp8", {"activation": "mxfp8"}, (192, 576), torch.bfloat16, 1, REFERENCE, "activations are quantized"),
     ],
 )
 def test_chooser_picks_the_fast_kernel_or_says_why_not(fmt, fields, shape, dtype, rows, expected, skip_reason, seed):
+    if expected == FUSED and unavailable():
+        expected, skip_reason = FAST, unavailable()  # no AVX-512 or no compiler here: the reason is reported
     q = quantized(fmt, fields, shape)
     choice = choose_kernel(q, torch.randn(rows, shape[1], dtype=dtype))
     assert choice.kernel.name == expected, f"{choice.describe()}, seed {seed}"

@@ -1,0 +1,141 @@
+"""The fused fp8 / MX CPU GEMV against each format's float32 reference, and its build's fallbacks.
+
+Tolerance as in test_cpu_kernels.py (4 unit roundoffs of x's dtype relative to max|y|): the kernel's
+products are exact and its sums float32; the bf16 path rounds each weight to bf16 (per-block float
+scales) or none at all (per-row and power-of-two scales), the reference rounds every weight.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpq_serving.formats import QuantSpec, get_format
+from mpq_serving.kernels import choose_kernel, cpu_fused_build
+from mpq_serving.kernels.cpu_fused import CPU_FUSED, MAX_ROWS, SCALE_EACH, SCALE_POW2, SCALE_ROW
+
+TOL = {torch.bfloat16: 4 * 2**-8, torch.float16: 4 * 2**-11, torch.float32: 1e-5}
+
+needs_kernel = pytest.mark.skipif(bool(cpu_fused_build.unavailable()), reason=cpu_fused_build.unavailable() or "")
+
+SPECS = {
+    "fp8-tensor": QuantSpec("fp8", granularity="tensor"),
+    "fp8-channel": QuantSpec("fp8", granularity="channel"),
+    "fp8-block128": QuantSpec("fp8", granularity="block", group_size=128),
+    "fp8-block64": QuantSpec("fp8", granularity="block", group_size=64),
+    "mxfp8": QuantSpec("mxfp8"),
+    "mxfp4": QuantSpec("mxfp4"),
+}
+# (out, in): odd row counts (a last block of fewer than 4 rows), in not a multiple of 32 (the scalar
+# tail; fp8 only, MX needs multiples of 32), one chunk, several chunks and a ragged last chunk.
+SHAPES = [(1, 64), (7, 96), (33, 200), (130, 1056), (64, 2080), (16, 4112)]
+ROWS = (1, 2, 3, 4, 5, 15, 16, 17, 33, 64)
+
+
+@pytest.fixture
+def seed() -> int:
+    s = random.randrange(2**31)
+    torch.manual_seed(s)
+    return s
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", SPECS)
+def test_fused_kernel_matches_the_format_reference(name, seed):
+    spec = SPECS[name]
+    fmt = get_format(spec.format)
+    for out_f, in_f in SHAPES:
+        if spec.format.startswith("mx") and in_f % 32:
+            continue
+        q = fmt.quantize(torch.randn(out_f, in_f) * 0.05, spec)
+        state = CPU_FUSED.prepare(q)
+        reference = fmt.dequantize(q)
+        for rows in ROWS:
+            for dtype in (torch.bfloat16, torch.float32, torch.float16):
+                if dtype == torch.float16 and rows not in (1, 17):
+                    continue
+                wide = torch.randn(rows, 2 * in_f, dtype=dtype)
+                x = wide[:, ::2]  # not contiguous
+                assert CPU_FUSED.can_run(q, x)[0]
+                y = CPU_FUSED.run(x, q, state)
+                ref = F.linear(x, reference.to(dtype))
+                assert y.dtype == dtype and y.shape == ref.shape
+                err = rel_err(y, ref)
+                assert err <= TOL[dtype], f"{name} {out_f}x{in_f}, {rows} rows {dtype}: {err:.2e}, seed {seed}"
+
+
+@needs_kernel
+def test_scale_modes_are_chosen_by_what_is_exact(seed):
+    """Per-row scales go after the sum; MX power-of-two scales into the exponent unless a product would
+    leave bfloat16's normal range, then (as for fp8 blocks) per weight -- each still matching the reference."""
+    w = torch.randn(64, 256) * 0.05
+    cases = {
+        "fp8-channel": (get_format("fp8").quantize(w, SPECS["fp8-channel"]), SCALE_ROW),
+        "fp8-block128": (get_format("fp8").quantize(w, SPECS["fp8-block128"]), SCALE_EACH),
+        "mxfp4": (get_format("mxfp4").quantize(w, SPECS["mxfp4"]), SCALE_POW2),
+    }
+    tiny = get_format("mxfp8").quantize(w, SPECS["mxfp8"])
+    tiny.tensors["weight_scale"][5, 2] = 2  # E8M0 2^-125: the smallest codes times it are bf16 subnormals
+    cases["mxfp8-tiny-scale"] = (tiny, SCALE_EACH)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    for name, (q, mode) in cases.items():
+        state = CPU_FUSED.prepare(q)
+        assert state.scale_mode == mode, name
+        ref = F.linear(x, get_format(q.format).dequantize(q).to(x.dtype))
+        assert rel_err(CPU_FUSED.run(x, q, state), ref) <= TOL[x.dtype], f"{name}, seed {seed}"
+
+
+@needs_kernel
+def test_chosen_up_to_max_rows_then_exact_dequantization(seed):
+    q = get_format("mxfp4").quantize(torch.randn(64, 128), SPECS["mxfp4"])
+    assert choose_kernel(q, torch.randn(MAX_ROWS, 128, dtype=torch.bfloat16)).kernel is CPU_FUSED
+    choice = choose_kernel(q, torch.randn(MAX_ROWS + 1, 128, dtype=torch.bfloat16))
+    assert choice.kernel is not CPU_FUSED and f"{MAX_ROWS + 1} rows > {MAX_ROWS}" in choice.describe()
+
+
+@needs_kernel
+def test_grad_and_block_splitting_decline_with_reasons(seed):
+    q = get_format("fp8").quantize(torch.randn(16, 96), QuantSpec("fp8", granularity="block", group_size=8))
+    with pytest.raises(Exception, match="scale blocks of 8 columns split a 16-lane vector"):
+        CPU_FUSED.prepare(q)
+    x = torch.randn(1, 96, requires_grad=True)
+    ok, why = CPU_FUSED.can_run(get_format("fp8").quantize(torch.randn(16, 96), SPECS["fp8-channel"]), x)
+    assert not ok and "requires grad" in why
+
+
+def test_a_failed_build_falls_back_with_its_reason(tmp_path, monkeypatch):
+    """A compiler that fails: nothing is left in the cache, the reason names the failure, and the
+    chooser runs the exact-dequantization kernel and says why."""
+    monkeypatch.setenv(cpu_fused_build.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    library, why = cpu_fused_build._load.__wrapped__()
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        assert library is None and "needs AVX-512" in why
+        return
+    assert library is None and why.startswith("build failed: false ")
+    assert list(tmp_path.iterdir()) == []  # no half-written library
+
+    from mpq_serving.kernels import cpu_fused
+
+    monkeypatch.setattr(cpu_fused, "unavailable", lambda: why)
+    q = get_format("mxfp8").quantize(torch.randn(32, 64), SPECS["mxfp8"])
+    choice = choose_kernel(q, torch.randn(1, 64, dtype=torch.bfloat16))
+    assert choice.kernel is not CPU_FUSED and why in choice.describe()
+
+
+@needs_kernel
+def test_the_build_is_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv(cpu_fused_build.CACHE_ENV, str(tmp_path))
+    library, why = cpu_fused_build._load.__wrapped__()
+    assert library is not None and why == ""
+    (built,) = tmp_path.iterdir()
+    stamp = built.stat().st_mtime_ns
+    assert cpu_fused_build._load.__wrapped__()[0] is not None
+    assert built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
