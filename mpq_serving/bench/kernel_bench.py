@@ -38,7 +38,7 @@ class MoEShape:
         return f"moe {self.experts}x top-{self.top_k} {self.hidden}x{self.intermediate}"
 
 
-LARGE_MOE = MoEShape(64, 8, 2048, 1536)
+LARGE_MOE = MoEShape(128, 8, 2048, 768)  # Qwen3-30B-A3B's MoE layer
 SMALL_MOE = MoEShape(8, 2, 256, 512)
 
 SPECS: dict[str, QuantSpec] = {
@@ -46,6 +46,7 @@ SPECS: dict[str, QuantSpec] = {
     "gptq_int4_act_order": QuantSpec("gptq_int4", group_size=128, act_order=True),
     "awq_int4": QuantSpec("awq_int4", group_size=128),
     "fp8": QuantSpec("fp8"),
+    "fp8_block": QuantSpec("fp8", granularity="block", group_size=128),
     "fp8_w8a8": QuantSpec("fp8", activation="fp8"),
     "int8": QuantSpec("int8"),
     "int8_w8a8": QuantSpec("int8", activation="int8"),
@@ -184,3 +185,21 @@ def run_kernel_bench(
 
 def rows_as_json(device: str, peak: float, rows: list[Row]) -> dict:
     return {"device": device, "peak_copy_gbps": peak / 1e9, "rows": [asdict(r) for r in rows]}
+
+
+def rows_as_markdown(device: str, peak: float, rows: list[Row], command: str) -> str:
+    """The results file: one table, the copy bandwidth it is measured against, and the command that wrote it."""
+    lines = [
+        f"# Kernels on {device}",
+        "",
+        f"Peak copy bandwidth measured in the same run: {peak / 1e9:.1f} GB/s (read + write).  "
+        "GB/s counts the packed weight, x and y once; × bf16 is `F.linear` on the bf16 weight's time / this kernel's.",
+        f"Regenerate: `{command}`",
+        "",
+        "| shape (K x N) | format | batch | kernel | µs | GB/s | % copy BW | × bf16 |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.shape} | {r.format} | {r.batch} | {r.kernel} | {r.time_us:.1f} | {r.gbps:.1f} | "
+                     f"{r.pct_peak:.0f} | {r.speedup_vs_bf16:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -31,15 +31,18 @@ def kernels(
     small: bool | None = typer.Option(
         None, "--small/--large",
         help="CPU-sized shapes (512x512, 512x1792, 1792x512, MoE 8x top-2) instead of 4096x4096, 4096x14336, "
-        "14336x4096 and MoE 64x top-8; default: small on CPU, large on CUDA.",
+        "14336x4096 and MoE 128x top-8 2048x768; default: small on CPU, large on CUDA.",
     ),
     moe: bool = typer.Option(True, "--moe/--no-moe", help="Also time the mixed-format MoE layer."),
     json_out: Path = typer.Option(Path("out/kernel_bench.json"), "--json", help="Where to write the rows as JSON."),
+    markdown_out: Path | None = typer.Option(None, "--markdown", help="Also write the table as a markdown results file."),
 ) -> None:
     """Time each format's kernel per batch size: µs, GB/s, % of measured copy bandwidth, speed-up over bf16."""
     import torch
 
-    from ..bench.kernel_bench import rows_as_json, run_kernel_bench
+    import sys
+
+    from ..bench.kernel_bench import rows_as_json, rows_as_markdown, run_kernel_bench
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -67,6 +70,10 @@ def kernels(
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(rows_as_json(name, peak, rows), indent=1))
     out.print(f"wrote {json_out}")
+    if markdown_out:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text(rows_as_markdown(name, peak, rows, "mpq " + " ".join(sys.argv[1:])))
+        out.print(f"wrote {markdown_out}")
 
 
 @app.command("serve")

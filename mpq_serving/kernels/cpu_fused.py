@@ -1,4 +1,4 @@
-"""fp8 (per-tensor, per-channel, 128x128 blocks), mxfp8 and mxfp4 weights on CPU for up to 128 rows: one fused pass.
+"""fp8 (per-tensor, per-channel, 128x128 blocks), mxfp8, mxfp4 and int8 weights on CPU for up to 128 rows: one fused pass.
 
 The exact-dequantization kernel (`fast_dequant`) writes the whole weight in the activation dtype
 on every call and hands it to oneDNN: at one row of x that moves several times the bytes the packed
@@ -29,7 +29,7 @@ from .checks import cpu_weight_only
 from .cpu_fused_build import has_bf16, load, unavailable
 from .dispatch import Kernel, Unsupported
 
-CODE_E4M3, CODE_E2M1 = 0, 1
+CODE_E4M3, CODE_E2M1, CODE_I8 = 0, 1, 2
 SCALE_EACH, SCALE_ROW, SCALE_POW2 = 0, 1, 2  # how the bfloat16 path applies scales (cpu_fused_gemv.c)
 VECTOR = 16  # float32 lanes of one AVX-512 register: scale blocks must not split a vector
 # Crossover with exact dequantization + oneDNN bf16 GEMM: parity at ~256 rows of 4096x4096, 2 threads.
@@ -37,6 +37,7 @@ MAX_ROWS = 128
 
 _E4M3_LUT = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32) / 256.0
 _E2M1_LUT = e2m1_decode(torch.arange(16, dtype=torch.uint8)).to(torch.float32).contiguous()
+_I8_LUT = torch.arange(256, dtype=torch.uint8).view(torch.int8).to(torch.float32)
 # The same values as bfloat16 bits, 32 per AVX-512 register (exact: E4M3 and E2M1 fit bfloat16's mantissa).
 _E4M3_BF16 = _E4M3_LUT[:128].to(torch.bfloat16).view(torch.int16).contiguous()
 _E2M1_BF16 = torch.cat([_E2M1_LUT, torch.zeros(16)]).to(torch.bfloat16).view(torch.int16).contiguous()
@@ -49,7 +50,9 @@ _PREPARE = {
     "fp8": (byte_dequant.prepare_fp8, CODE_E4M3, "weight"),
     "mxfp8": (byte_dequant.prepare_mxfp8, CODE_E4M3, "weight"),
     "mxfp4": (byte_dequant.prepare_mxfp4, CODE_E2M1, "weight_packed"),
+    "int8": (byte_dequant.prepare_int8, CODE_I8, "weight"),
 }
+_TABLES = {CODE_E4M3: (_E4M3_LUT, _E4M3_BF16), CODE_E2M1: (_E2M1_LUT, _E2M1_BF16), CODE_I8: (_I8_LUT, _NO_EXPONENTS)}
 _FORMATS = frozenset(_PREPARE)
 
 
@@ -81,14 +84,19 @@ def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:
 
 
 def _prepare(q: QuantizedTensor) -> FusedState:
-    prepare, code, name = _PREPARE[q.format]
+    return prepare_codes(q, q.format, _PREPARE[q.format][2])
+
+
+def prepare_codes(q: QuantizedTensor, fmt: str, name: str) -> FusedState:
+    """The kernel's state for q's stored codes `q.tensors[name]`, read as format `fmt`'s codes."""
+    prepare, code, _ = _PREPARE[fmt]
     state = prepare(q)  # raises Unsupported for E4M3 NaN codes / scales that overflow with 2^8
     in_f = q.shape[1]
     if state.block % VECTOR and state.block < in_f:
         raise Unsupported(f"scale blocks of {state.block} columns split a {VECTOR}-lane vector")
     scales = state.scale.to(torch.float32).contiguous()
     stride = 0 if scales.shape[0] == 1 else scales.shape[1]
-    lut, table = (_E4M3_LUT, _E4M3_BF16) if code == CODE_E4M3 else (_E2M1_LUT, _E2M1_BF16)
+    lut, table = _TABLES[code]
     mode, exp7 = _scale_mode(code, scales, state.block, in_f)
     return FusedState(code, q.tensors[name].contiguous(), scales, stride, state.block, lut, mode, exp7, table)
 
@@ -111,6 +119,12 @@ def _scale_mode(code: int, scales: torch.Tensor, block: int, in_f: int) -> tuple
 
 
 def _run(x: torch.Tensor, q: QuantizedTensor, state: FusedState) -> torch.Tensor:
+    y = gemv(x, q, state)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def gemv(x: torch.Tensor, q: QuantizedTensor, state: FusedState) -> torch.Tensor:
+    """x [rows, in] @ W^T in float32 (bfloat16 x multiplied as bfloat16 where the CPU can)."""
     out_f, in_f = q.shape
     as_bf16 = x.dtype == torch.bfloat16 and has_bf16()
     xc = x.contiguous() if as_bf16 else x.to(torch.float32).contiguous()
@@ -122,7 +136,7 @@ def _run(x: torch.Tensor, q: QuantizedTensor, state: FusedState) -> torch.Tensor
         xc.data_ptr(), int(as_bf16), y.data_ptr(), x.shape[0], out_f, in_f,
         torch.get_num_threads(),
     )
-    return y if x.dtype == torch.float32 else y.to(x.dtype)
+    return y
 
 
-CPU_FUSED = Kernel("fused fp8 / MX GEMV (AVX-512)", _can_run, _run, _prepare, max_rows=MAX_ROWS)
+CPU_FUSED = Kernel("fused fp8 / MX / int8 GEMV (AVX-512)", _can_run, _run, _prepare, max_rows=MAX_ROWS)

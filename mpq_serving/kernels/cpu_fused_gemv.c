@@ -18,6 +18,7 @@
  *     times 2^-8, subnormals included; the caller's scales carry the 2^8.  `lut` holds the same
  *     value * 2^-8 per byte for the scalar tail.
  *   E2M1 (mxfp4): two codes per byte, low nibble first; `lut` holds the 16 values.
+ *   I8 (int8): the byte as a signed integer (exact in bfloat16); `lut` holds the 256 values by byte.
  * Scales: float32, row n's at scales + n * scale_row_stride (stride 0: one row for every n), one per
  * `block` columns.  The vector path needs block % 16 == 0 (the caller checks); columns past the last
  * multiple of 32 go through the scalar tail.
@@ -35,7 +36,7 @@
 #define PREFETCH_HINT _MM_HINT_T0
 #endif
 
-enum { CODE_E4M3 = 0, CODE_E2M1 = 1 };
+enum { CODE_E4M3 = 0, CODE_E2M1 = 1, CODE_I8 = 2 };
 
 /* How the bfloat16 path applies the scales (the float32 path always multiplies each decoded vector). */
 enum {
@@ -60,7 +61,7 @@ typedef struct {
 
 static inline float scalar_code(const weights_t *w, int64_t n, int64_t k) {
     const uint8_t *row = w->weight + n * w->row_bytes;
-    if (w->code == CODE_E4M3) return w->lut[row[k]];
+    if (w->code != CODE_E2M1) return w->lut[row[k]];
     uint8_t b = row[k >> 1];
     return w->lut[(k & 1) ? (b >> 4) : (b & 0x0F)];
 }
@@ -75,6 +76,7 @@ static inline __attribute__((always_inline)) __m512 decode16(int code, const uin
         __m256i h = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + k)));
         return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16((short)0xBF80)));
     }
+    if (code == CODE_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
     __m128i b = _mm_loadl_epi64((const __m128i *)(row + (k >> 1)));
     const __m128i low4 = _mm_set1_epi8(0x0F);
     __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
@@ -93,7 +95,7 @@ static inline __attribute__((always_inline)) void decode_row(const weights_t *w,
     int64_t index = k0 / block, next = (index + 1) * block;
     __m512 scale = _mm512_set1_ps(row_scales[index]);
     for (int64_t j = 0; j < count; j += 32) {
-        _mm_prefetch((const char *)row + (code == CODE_E4M3 ? k0 + j : (k0 + j) >> 1) + ahead, PREFETCH_HINT);
+        _mm_prefetch((const char *)row + (code == CODE_E2M1 ? (k0 + j) >> 1 : k0 + j) + ahead, PREFETCH_HINT);
         __m512 v[2];
         for (int h = 0; h < 2; h++) {
             const int64_t k = k0 + j + 16 * h;
@@ -126,6 +128,15 @@ static inline __attribute__((always_inline)) __m512i codes_bf16(int code, const 
         /* mag | ((idx << 8) & 0x8000): the sign bit */
         return _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(idx, 8), _mm512_set1_epi16((short)0x8000), 0xF8);
     }
+    if (code == CODE_I8) {
+#ifdef MPQ_BF16
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k + 16))));
+        return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+#else
+        return _mm512_setzero_si512(); /* the table path runs only with MPQ_BF16 */
+#endif
+    }
     __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + (k >> 1))));
     /* each 32-bit lane: low nibble in its low word, high nibble in its high word: (d | d << 12) & 0x000F000F */
     __m512i nibbles = _mm512_ternarylogic_epi32(d, _mm512_slli_epi32(d, 12), _mm512_set1_epi32(0x000F000F), 0xA8);
@@ -140,7 +151,7 @@ static inline __attribute__((always_inline)) void decode_row_table(const weights
     const int16_t *exp7 = w->exp7 + n * w->scale_row_stride;
     const __m512i nonzero = _mm512_set1_epi16(0x7FFF);
     for (int64_t j = 0; j < count; j += 32) {
-        _mm_prefetch((const char *)row + (code == CODE_E4M3 ? k0 + j : (k0 + j) >> 1) + ahead, PREFETCH_HINT);
+        _mm_prefetch((const char *)row + (code == CODE_E2M1 ? (k0 + j) >> 1 : k0 + j) + ahead, PREFETCH_HINT);
         __m512i v = codes_bf16(code, row, k0 + j, w->table);
         if (pow2) /* exponent + log2(scale) on every non-zero code: the exact product, as bf16 */
             v = _mm512_mask_add_epi16(v, _mm512_test_epi16_mask(v, nonzero), v,
@@ -158,6 +169,8 @@ static void decode_rows(const weights_t *w, int bf16, int64_t n0, int nb, int64_
             if (w->code == CODE_E4M3) {
                 if (pow2) decode_row_table(w, CODE_E4M3, 1, n0 + r, k0, count, (uint16_t *)dst);
                 else decode_row_table(w, CODE_E4M3, 0, n0 + r, k0, count, (uint16_t *)dst);
+            } else if (w->code == CODE_I8) {
+                decode_row_table(w, CODE_I8, 0, n0 + r, k0, count, (uint16_t *)dst);
             } else {
                 if (pow2) decode_row_table(w, CODE_E2M1, 1, n0 + r, k0, count, (uint16_t *)dst);
                 else decode_row_table(w, CODE_E2M1, 0, n0 + r, k0, count, (uint16_t *)dst);
@@ -167,6 +180,9 @@ static void decode_rows(const weights_t *w, int bf16, int64_t n0, int nb, int64_
         if (w->code == CODE_E4M3) {
             if (bf16) decode_row(w, CODE_E4M3, 1, n0 + r, k0, count, dst);
             else decode_row(w, CODE_E4M3, 0, n0 + r, k0, count, dst);
+        } else if (w->code == CODE_I8) {
+            if (bf16) decode_row(w, CODE_I8, 1, n0 + r, k0, count, dst);
+            else decode_row(w, CODE_I8, 0, n0 + r, k0, count, dst);
         } else {
             if (bf16) decode_row(w, CODE_E2M1, 1, n0 + r, k0, count, dst);
             else decode_row(w, CODE_E2M1, 0, n0 + r, k0, count, dst);
@@ -323,7 +339,7 @@ void mpq_fused_gemv(int code, const uint8_t *weight, int64_t row_bytes, const fl
                     int64_t m_rows, int64_t n_out, int64_t k_in, int threads) {
     weights_t w = {code, weight, row_bytes, scales, scale_row_stride, block, lut,
                    code == CODE_E2M1 ? _mm512_loadu_ps(lut) : _mm512_setzero_ps(), scale_mode, exp7};
-    for (int i = 0; i < (code == CODE_E4M3 ? 4 : 1); i++) w.table[i] = _mm512_loadu_si512(bf16_table + 32 * i);
+    for (int i = 0; i < (code == CODE_E4M3 ? 4 : code == CODE_E2M1 ? 1 : 0); i++) w.table[i] = _mm512_loadu_si512(bf16_table + 32 * i);
     const int64_t blocks = (n_out + NB - 1) / NB;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t b = 0; b < blocks; b++) {

@@ -6,8 +6,8 @@ y = (x @ w^T) * scales with float32 accumulation.  It reads our stored int8 weig
 the prepared state is only the per-channel scales in bf16, rounded once (relative error <= 2^-8 per
 output row, the size of the reference's own bf16 rounding of each weight).  Only bf16 is vectorized
 (fp16 / fp32 take ~15x longer), and time grows linearly with rows (1536x576: 0.06 ms at 1 row,
-0.4 ms at 16; exact dequantization + oneDNN: 0.3 ms, 0.4 ms), so past `MAX_ROWS` the
-`fast_dequant` kernel takes over.
+0.4 ms at 16; exact dequantization + oneDNN: 0.3 ms, 0.4 ms), so past `MAX_ROWS` the fused
+GEMV (`cpu_fused`, already ahead at 8 rows) or, without AVX-512, `fast_dequant` takes over.
 
 Its vector loads need aligned operands: it segfaults on a weight whose data is not 16-byte aligned or on
 an x not 32-byte aligned (probed). A safetensors file places a tensor at any byte offset, so a weight
@@ -23,8 +23,9 @@ from .checks import cpu_weight_only
 from .dispatch import Kernel
 
 ALIGNMENT = 64  # bytes; what torch's CPU allocator gives, above the 16 / 32 the kernel needs
-# Crossover with exact dequantize + bf16 F.linear, one thread: ~20 rows at 1536x576, ~45 at 4096x4096.
-MAX_ROWS = 16
+# Crossover with the fused GEMV, 2 threads: int8pack ahead at 1 row (2.2x vs 1.5x bf16 at 1536x576),
+# behind at 8 (0.9x vs 1.05x) on 1536x576, 576x1536 and 4096x4096.
+MAX_ROWS = 4
 
 
 def _can_run(q: QuantizedTensor, x: torch.Tensor) -> tuple[bool, str]:

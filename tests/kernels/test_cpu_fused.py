@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from mpq_serving.formats import QuantSpec, get_format
 from mpq_serving.kernels import choose_kernel, cpu_fused_build
 from mpq_serving.kernels.cpu_fused import CPU_FUSED, MAX_ROWS, SCALE_EACH, SCALE_POW2, SCALE_ROW
+from mpq_serving.kernels.cpu_fused_w8a8 import CPU_FUSED_W8A8
 
 TOL = {torch.bfloat16: 4 * 2**-8, torch.float16: 4 * 2**-11, torch.float32: 1e-5}
 
@@ -28,6 +29,7 @@ SPECS = {
     "fp8-block64": QuantSpec("fp8", granularity="block", group_size=64),
     "mxfp8": QuantSpec("mxfp8"),
     "mxfp4": QuantSpec("mxfp4"),
+    "int8": QuantSpec("int8"),
 }
 # (out, in): odd row counts (a last block of fewer than 4 rows), in not a multiple of 32 (the scalar
 # tail; fp8 only, MX needs multiples of 32), one chunk, several chunks and a ragged last chunk.
@@ -69,6 +71,23 @@ def test_fused_kernel_matches_the_format_reference(name, seed):
                 assert y.dtype == dtype and y.shape == ref.shape
                 err = rel_err(y, ref)
                 assert err <= TOL[dtype], f"{name} {out_f}x{in_f}, {rows} rows {dtype}: {err:.2e}, seed {seed}"
+
+
+@pytest.mark.skipif(not cpu_fused_build.has_bf16(), reason="no AVX512-BF16 path here")
+def test_w8a8_matches_the_format_reference(seed):
+    """Same activation codes as the reference's float64 matmul; integer sums exact in float32 at these sizes."""
+    fmt = get_format("int8")
+    for out_f, in_f in SHAPES:
+        q = fmt.quantize(torch.randn(out_f, in_f) * 0.05, QuantSpec("int8", activation="int8"))
+        state = CPU_FUSED_W8A8.prepare(q)
+        for rows in (1, 3, 17, 64, 200):
+            for dtype in (torch.bfloat16, torch.float32):
+                x = torch.randn(rows, 2 * in_f, dtype=dtype)[:, ::2]
+                y, ref = CPU_FUSED_W8A8.run(x, q, state), fmt.matmul(x, q)
+                assert y.dtype == dtype
+                # the reference rounds its float64 result once into dtype: half a unit either way
+                err = rel_err(y, ref)
+                assert err <= (2**-8 if dtype == torch.bfloat16 else 1e-6), f"{out_f}x{in_f} {rows} {dtype}: {err:.2e}, seed {seed}"
 
 
 @needs_kernel

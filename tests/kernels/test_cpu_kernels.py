@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from mpq_serving.formats import QuantizedTensor, QuantSpec, get_format
 from mpq_serving.kernels import choose_kernel, dispatch, linear, workspace
 from mpq_serving.kernels.cpu_fused import CPU_FUSED
+from mpq_serving.kernels.cpu_fused_w8a8 import CPU_FUSED_W8A8
 from mpq_serving.kernels.cpu_fused_build import unavailable
 from mpq_serving.kernels.dispatch import registered_kernels
 from mpq_serving.kernels.fast_dequant import dequantize
@@ -161,19 +162,19 @@ def test_fast_kernels_take_misaligned_operands(fmt, fields, shape, seed):
         ("gptq_int4", {"group_size": 16}, (192, 576), torch.bfloat16, 1, FAST, "group size 16 is not a multiple of 32"),
         ("awq_int4", {"group_size": 32}, (8, 64), torch.bfloat16, 1, FAST, "out_features 8 is not a multiple of 16"),
         ("int8", {}, (1536, 576), torch.bfloat16, 1, INT8_PACK, None),
-        ("int8", {}, (1536, 576), torch.bfloat16, 37, FAST, "37 rows > 16"),
-        ("int8", {}, (1536, 576), torch.float16, 1, FAST, "only bf16 is vectorized"),
+        ("int8", {}, (1536, 576), torch.bfloat16, 37, FUSED, "37 rows > 4"),
+        ("int8", {}, (1536, 576), torch.float16, 1, FUSED, "only bf16 is vectorized"),
         ("fp8", {}, (1536, 576), torch.bfloat16, 1, FUSED, None),
         ("mxfp4", {}, (1536, 576), torch.bfloat16, 1, FUSED, None),
         ("mxfp8", {}, (1536, 576), torch.float32, 128, FUSED, None),
         ("mxfp8", {}, (1536, 576), torch.bfloat16, 129, FAST, "129 rows > 128"),
-        ("int8", {"activation": "int8"}, (192, 576), torch.bfloat16, 1, REFERENCE, "activations are quantized"),
+        ("int8", {"activation": "int8"}, (192, 576), torch.bfloat16, 1, CPU_FUSED_W8A8.name, None),
         ("mxfp8", {"activation": "mxfp8"}, (192, 576), torch.bfloat16, 1, REFERENCE, "activations are quantized"),
     ],
 )
 def test_chooser_picks_the_fast_kernel_or_says_why_not(fmt, fields, shape, dtype, rows, expected, skip_reason, seed):
-    if expected == FUSED and unavailable():
-        expected, skip_reason = FAST, unavailable()  # no AVX-512 or no compiler here: the reason is reported
+    if expected in (FUSED, CPU_FUSED_W8A8.name) and unavailable():
+        expected, skip_reason = (FAST, unavailable()) if expected == FUSED else (REFERENCE, unavailable())  # no AVX-512 or no compiler here: the reason is reported
     q = quantized(fmt, fields, shape)
     choice = choose_kernel(q, torch.randn(rows, shape[1], dtype=dtype))
     assert choice.kernel.name == expected, f"{choice.describe()}, seed {seed}"
