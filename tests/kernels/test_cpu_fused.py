@@ -1,8 +1,10 @@
-"""The fused fp8 / MX CPU GEMV against each format's float32 reference, and its build's fallbacks.
+"""The fused fp8 / MX / int8 CPU GEMV against each format's reference, and its build's fallbacks.
 
-Tolerance as in test_cpu_kernels.py (4 unit roundoffs of x's dtype relative to max|y|): the kernel's
-products are exact and its sums float32; the bf16 path rounds each weight to bf16 (per-block float
-scales) or none at all (per-row and power-of-two scales), the reference rounds every weight.
+Against the exact product (float64, the format's float32 dequantized weight): the kernel's products
+are exact and its sums float32; the bf16 path rounds each weight to bf16 at most once (per-block float
+scales; per-row and power-of-two scales not at all) and the output once, so each output is within
+2 unit roundoffs of x's dtype times sum_k |x_k w_k| (a bound that holds for every shape, including the
+one-row, short-K cases where cancellation makes a bound relative to max|y| meaningless).
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mpq_serving.formats import QuantSpec, get_format
 from mpq_serving.kernels import choose_kernel, cpu_fused_build
 from mpq_serving.kernels.cpu_fused import CPU_FUSED, MAX_ROWS, SCALE_EACH, SCALE_POW2, SCALE_ROW
 from mpq_serving.kernels.cpu_fused_w8a8 import CPU_FUSED_W8A8
 
-TOL = {torch.bfloat16: 4 * 2**-8, torch.float16: 4 * 2**-11, torch.float32: 1e-5}
+TOL = {torch.bfloat16: 2 * 2**-8, torch.float16: 2 * 2**-11, torch.float32: 1e-6}
 
 needs_kernel = pytest.mark.skipif(bool(cpu_fused_build.unavailable()), reason=cpu_fused_build.unavailable() or "")
 
@@ -48,6 +49,12 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
+def bounded_err(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> float:
+    """max |y - x w^T| / (|x| |w|^T), elementwise, all in float64."""
+    x, w = x.double(), w.double()
+    return float(((y.double() - x @ w.T).abs() / (x.abs() @ w.abs().T).clamp_min(1e-300)).max())
+
+
 @needs_kernel
 @pytest.mark.parametrize("name", SPECS)
 def test_fused_kernel_matches_the_format_reference(name, seed):
@@ -67,9 +74,8 @@ def test_fused_kernel_matches_the_format_reference(name, seed):
                 x = wide[:, ::2]  # not contiguous
                 assert CPU_FUSED.can_run(q, x)[0]
                 y = CPU_FUSED.run(x, q, state)
-                ref = F.linear(x, reference.to(dtype))
-                assert y.dtype == dtype and y.shape == ref.shape
-                err = rel_err(y, ref)
+                assert y.dtype == dtype and y.shape == (rows, out_f)
+                err = bounded_err(y, x, reference)
                 assert err <= TOL[dtype], f"{name} {out_f}x{in_f}, {rows} rows {dtype}: {err:.2e}, seed {seed}"
 
 
@@ -107,8 +113,8 @@ def test_scale_modes_are_chosen_by_what_is_exact(seed):
     for name, (q, mode) in cases.items():
         state = CPU_FUSED.prepare(q)
         assert state.scale_mode == mode, name
-        ref = F.linear(x, get_format(q.format).dequantize(q).to(x.dtype))
-        assert rel_err(CPU_FUSED.run(x, q, state), ref) <= TOL[x.dtype], f"{name}, seed {seed}"
+        err = bounded_err(CPU_FUSED.run(x, q, state), x, get_format(q.format).dequantize(q))
+        assert err <= TOL[x.dtype], f"{name}, seed {seed}"
 
 
 @needs_kernel
