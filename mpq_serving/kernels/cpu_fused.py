@@ -119,21 +119,24 @@ def _scale_mode(code: int, scales: torch.Tensor, block: int, in_f: int) -> tuple
 
 
 def _run(x: torch.Tensor, q: QuantizedTensor, state: FusedState) -> torch.Tensor:
+    if x.dtype == torch.bfloat16:
+        return gemv(x, q, state, torch.bfloat16)
     y = gemv(x, q, state)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-def gemv(x: torch.Tensor, q: QuantizedTensor, state: FusedState) -> torch.Tensor:
-    """x [rows, in] @ W^T in float32 (bfloat16 x multiplied as bfloat16 where the CPU can)."""
+def gemv(x: torch.Tensor, q: QuantizedTensor, state: FusedState, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x [rows, in] @ W^T, summed in float32 (bfloat16 x multiplied as bfloat16 where the CPU can), returned
+    in float32 or rounded once into bfloat16."""
     out_f, in_f = q.shape
     as_bf16 = x.dtype == torch.bfloat16 and has_bf16()
     xc = x.contiguous() if as_bf16 else x.to(torch.float32).contiguous()
-    y = torch.empty(x.shape[0], out_f, dtype=torch.float32)
+    y = torch.empty(x.shape[0], out_f, dtype=out_dtype)
     w = state.weight
     load().mpq_fused_gemv(
         state.code, w.data_ptr(), w.shape[1] * w.element_size(), state.scales.data_ptr(), state.scale_row_stride,
         state.block, state.lut.data_ptr(), state.scale_mode, state.exp7.data_ptr(), state.bf16_table.data_ptr(),
-        xc.data_ptr(), int(as_bf16), y.data_ptr(), x.shape[0], out_f, in_f,
+        xc.data_ptr(), int(as_bf16), y.data_ptr(), int(out_dtype == torch.bfloat16), x.shape[0], out_f, in_f,
         torch.get_num_threads(),
     )
     return y

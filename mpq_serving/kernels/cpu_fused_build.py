@@ -98,7 +98,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     fn = lib.mpq_fused_gemv
     fn.restype = None
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    fn.argtypes = [c_int, ptr, i64, ptr, i64, i64, ptr, c_int, ptr, ptr, ptr, c_int, ptr, i64, i64, i64, c_int]
+    fn.argtypes = [c_int, ptr, i64, ptr, i64, i64, ptr, c_int, ptr, ptr, ptr, c_int, ptr, c_int, i64, i64, i64, c_int]
     lib.mpq_fused_has_bf16.restype = c_int
     return lib, ""
 

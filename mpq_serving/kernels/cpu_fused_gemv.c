@@ -12,6 +12,7 @@
  * as rounding the weight to bfloat16 and running a bfloat16 GEMM with float32 accumulation.  Built
  * only where the compiler is given -mavx512bf16 (MPQ_BF16); the caller asks `mpq_fused_has_bf16`.
  * x in float32: float32 fused multiply-adds on the float32 weight.
+ * y: float32, or bfloat16 rounded once from the float32 sum (y_bf16), what F.linear in bfloat16 returns.
  *
  * Codes:
  *   E4M3 (fp8, mxfp8): byte `s eeee mmm` shifted into float16 bits `s 0eeee mmm0000000` is the value
@@ -276,13 +277,14 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-static inline float round_to_bf16(float f) { /* round to nearest even, as vcvtne2ps2bf16 (finite inputs) */
+static inline uint16_t bf16_bits(float f) { /* round to nearest even, as vcvtne2ps2bf16 (NaN stays NaN) */
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x40);
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
+
+static inline float round_to_bf16(float f) { return bf16_to_float(bf16_bits(f)); }
 
 int mpq_fused_has_bf16(void) {
 #ifdef MPQ_BF16
@@ -293,7 +295,7 @@ int mpq_fused_has_bf16(void) {
 }
 
 /* Rows [n0, n0 + nb) of y for rows [m0, m0 + ms) of x. */
-static void row_block(const weights_t *w, const void *x, int x_bf16, float *y, int64_t m0, int64_t ms,
+static void row_block(const weights_t *w, const void *x, int x_bf16, void *y, int y_bf16, int64_t m0, int64_t ms,
                       int64_t n0, int nb, int64_t n_out, int64_t k_in, void *buf) {
     const int64_t k_vec = k_in / 32 * 32;
     __m512 acc_mem[MS * NB];
@@ -328,14 +330,16 @@ static void row_block(const weights_t *w, const void *x, int x_bf16, float *y, i
                 s += x_bf16 ? bf16_to_float(((const uint16_t *)x)[(m0 + m) * k_in + k]) * round_to_bf16(wk)
                             : ((const float *)x)[(m0 + m) * k_in + k] * wk;
             }
-            y[(m0 + m) * n_out + n] = row_scale ? s * w->scales[n * w->scale_row_stride] : s;
+            if (row_scale) s *= w->scales[n * w->scale_row_stride];
+            if (y_bf16) ((uint16_t *)y)[(m0 + m) * n_out + n] = bf16_bits(s);
+            else ((float *)y)[(m0 + m) * n_out + n] = s;
         }
     }
 }
 
 void mpq_fused_gemv(int code, const uint8_t *weight, int64_t row_bytes, const float *scales,
                     int64_t scale_row_stride, int64_t block, const float *lut, int scale_mode,
-                    const int16_t *exp7, const uint16_t *bf16_table, const void *x, int x_bf16, float *y,
+                    const int16_t *exp7, const uint16_t *bf16_table, const void *x, int x_bf16, void *y, int y_bf16,
                     int64_t m_rows, int64_t n_out, int64_t k_in, int threads) {
     weights_t w = {code, weight, row_bytes, scales, scale_row_stride, block, lut,
                    code == CODE_E2M1 ? _mm512_loadu_ps(lut) : _mm512_setzero_ps(), scale_mode, exp7};
@@ -349,9 +353,9 @@ void mpq_fused_gemv(int code, const uint8_t *weight, int64_t row_bytes, const fl
         for (int64_t m0 = 0; m0 < m_rows; m0 += MS) {
             const int64_t ms = m_rows - m0 < MS ? m_rows - m0 : MS;
             if (nb == NB)
-                row_block(&w, x, x_bf16, y, m0, ms, n0, NB, n_out, k_in, buf);
+                row_block(&w, x, x_bf16, y, y_bf16, m0, ms, n0, NB, n_out, k_in, buf);
             else /* the last rows when NB does not divide n_out: one at a time */
-                for (int r = 0; r < nb; r++) row_block(&w, x, x_bf16, y, m0, ms, n0 + r, 1, n_out, k_in, buf);
+                for (int r = 0; r < nb; r++) row_block(&w, x, x_bf16, y, y_bf16, m0, ms, n0 + r, 1, n_out, k_in, buf);
         }
     }
 }
