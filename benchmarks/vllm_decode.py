@@ -13,7 +13,7 @@ Prints a table (and --json). Noisy machine: medians of several repeats.
     .venv-vllm/bin/python benchmarks/vllm_decode.py --only mixed_le6 --enforce-eager
 
 Set MPQ_VLLM_PREFER=ours to run GPTQ/AWQ layers on mpq-serving's kernels instead of vLLM's (the
-`mixed_le6_ours` row does that), which is how the ≤6-bit plan's speed is explained.
+`<model>_ours` rows do that, e.g. `mixed_default_ours`), which is how the ≤6-bit plan's speed is explained.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
     base = prepare_smollm2(progress=False)
     plans = {**{k: plan_from_dict(v) for k, v in PLANS.items()}, "mixed_default": load_plan(REPO / "configs" / "smollm2_mixed.yaml"),
              "mixed_int4_int8": load_plan(REPO / "benchmarks" / "plans" / "smollm2_mixed_int4_int8.yaml")}
-    plans["mixed_le6_ours"] = plans["mixed_le6"]
+    plans.update({f"{name}_ours": plan for name, plan in list(plans.items())})  # same plan, MPQ_VLLM_PREFER=ours
     out = {}
     for name in names:
         out[name] = base if name == "bf16" else pack(plans[name], work / name, base, progress=False)

@@ -15,7 +15,7 @@ from vllm.model_executor.models.utils import WeightsMapper
 from ..common import MpqCheckpointConfig, linear_parts, moe_experts
 from .linear_method import MpqLinearMethod, layer_partition
 from .log import once
-from .native import native_choice, native_method
+from .native import PREFER_ENV, native_choice, native_method
 
 _FLOAT = {"bf16", "fp16", "fp32"}
 
@@ -73,8 +73,8 @@ class MpqConfig(QuantizationConfig):
         in_rank = in_total // size if split == "in" else in_total
         out_rank = out_total // size if split == "out" else out_total
         kind, reason = native_choice(parts, in_rank, out_rank)
-        if kind is not None and os.environ.get("MPQ_VLLM_PREFER") == "ours":
-            kind, reason = None, "MPQ_VLLM_PREFER=ours"
+        if kind is not None and os.environ.get(PREFER_ENV) == "ours":
+            kind, reason = None, f"{PREFER_ENV}=ours"
         key = "+".join(sorted({p.spec.describe() for p in parts}))
         if kind is not None:
             once(f"native:{key}", "mpq: %s -> %s", key, reason)

