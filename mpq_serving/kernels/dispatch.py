@@ -127,7 +127,7 @@ ChoiceKey = tuple[torch.dtype, torch.device, int]
 def _call_signature(q: QuantizedTensor) -> Signature:
     """The per-call check that the packed tensors are unchanged: storage and version (a new device, dtype
     or shape is a new storage), about 1 µs for a layer's few tensors."""
-    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in q.tensors.values())
+    return tuple([(t.data_ptr(), None if t.is_inference() else t._version) for t in q.tensors.values()])
 
 
 class KernelCache:
@@ -214,7 +214,7 @@ def linear(
     x: torch.Tensor, q: QuantizedTensor, bias: torch.Tensor | None = None, cache: KernelCache | None = None
 ) -> torch.Tensor:
     """`x @ W^T + b` for a packed W; `cache` (one per layer) keeps prepared states across calls."""
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if cache is None:
         choice, new = choose_kernel(q, rows), True
     else:
@@ -222,5 +222,6 @@ def linear(
     if new:
         _log_choice(q, rows, choice)
     y = choice.kernel.run(rows, q, choice.state)
-    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
     return y if bias is None else y + bias.to(y.dtype)
