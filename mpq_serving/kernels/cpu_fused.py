@@ -5,10 +5,10 @@ on every call and hands it to oneDNN: at one row of x that moves several times t
 weight holds.  This kernel (C source `cpu_fused_gemv.c`, built by `cpu_fused_build`) reads each
 packed byte once, decodes a chunk of a few weight rows into L1 and multiplies it there: bfloat16 x
 with AVX512-BF16 `vdpbf16ps` (exact products, float32 sums -- the numbers of a bf16 GEMM on the
-weight rounded to bf16), any other x in float32.  Measured on a 2-core AVX-512 (Zen 4) machine:
-14336x4096 fp8 per-channel at one row reads ~28 GB/s (bf16 F.linear ~3x slower), and it stays
-ahead of exact dequantization + oneDNN up to ~128 rows (`MAX_ROWS`); prefill past that goes to
-`fast_dequant`.
+weight rounded to bf16), any other x in float32.  Measured on a 2-core AVX-512 (Zen 4) machine
+(`benchmarks/results/kernels-cpu.md`): fp8 per-channel 4096x14336 at one row reads 21 GB/s, 66% of
+the copy bandwidth and 2.2x bf16 `F.linear`; it stays ahead of exact dequantization + oneDNN up to
+~128 rows (`MAX_ROWS`); prefill past that goes to `fast_dequant`.
 
 Prepared state: the float32 scales shaped per row (what `byte_dequant` prepares: tiny for fp8,
 one float per 32 weights for MX), how the bf16 path applies them (per row after the sum, as an
@@ -45,6 +45,7 @@ _E2M1_BF16 = torch.cat([_E2M1_LUT, torch.zeros(16)]).to(torch.bfloat16).view(tor
 _TABLE_EXPONENTS = {CODE_E4M3: (-17, 0), CODE_E2M1: (-1, 2)}
 _BF16_EXPONENTS = (-126, 127)  # normal bfloat16: vdpbf16ps reads subnormals as zero
 _NO_EXPONENTS = torch.zeros(1, dtype=torch.int16)
+_NO_TABLE = torch.zeros(1, dtype=torch.int16)  # int8 codes are converted, not looked up
 
 _PREPARE = {
     "fp8": (byte_dequant.prepare_fp8, CODE_E4M3, "weight"),
@@ -52,7 +53,7 @@ _PREPARE = {
     "mxfp4": (byte_dequant.prepare_mxfp4, CODE_E2M1, "weight_packed"),
     "int8": (byte_dequant.prepare_int8, CODE_I8, "weight"),
 }
-_TABLES = {CODE_E4M3: (_E4M3_LUT, _E4M3_BF16), CODE_E2M1: (_E2M1_LUT, _E2M1_BF16), CODE_I8: (_I8_LUT, _NO_EXPONENTS)}
+_TABLES = {CODE_E4M3: (_E4M3_LUT, _E4M3_BF16), CODE_E2M1: (_E2M1_LUT, _E2M1_BF16), CODE_I8: (_I8_LUT, _NO_TABLE)}
 _FORMATS = frozenset(_PREPARE)
 
 
