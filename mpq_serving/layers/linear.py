@@ -32,10 +32,16 @@ class MixedPrecisionLinear(nn.Module):
     @property
     def qtensor(self) -> QuantizedTensor:
         """The buffers as a QuantizedTensor, rebuilt only when a buffer is replaced (`.to()`, assignment)."""
-        cached = self._qtensor
-        if cached is None or any(cached.tensors[s] is not self._buffers[s] for s in self._suffixes):
-            cached = self._qtensor = QuantizedTensor(self.spec, (self.out_features, self.in_features),
-                                                     {s: self._buffers[s] for s in self._suffixes})
+        cached, buffers = self._qtensor, self._buffers
+        if cached is not None:  # a plain loop: this runs on every call, a generator costs more than the check
+            tensors = cached.tensors
+            for s in self._suffixes:
+                if tensors[s] is not buffers[s]:
+                    break
+            else:
+                return cached
+        cached = self._qtensor = QuantizedTensor(self.spec, (self.out_features, self.in_features),
+                                                 {s: buffers[s] for s in self._suffixes})
         return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
