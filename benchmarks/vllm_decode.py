@@ -140,7 +140,6 @@ def main() -> None:
     print("\n" + "\n".join(lines))
     if args.json:
         args.json.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
 

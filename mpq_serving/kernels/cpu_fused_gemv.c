@@ -210,23 +210,29 @@ static inline __attribute__((always_inline)) void dot_f32(const float *buf, cons
         for (int r = 0; r < nb; r++) acc_mem[m * NB + r] = acc[m][r];
 }
 
+/* One constant-folded instance of DOT(tm, nb) per (tm, nb) a caller uses: nb is NB or 1, tm 1..TM. */
+#define DISPATCH_TILE(DOT)                                                                                  \
+    do {                                                                                                    \
+        if (nb == NB) {                                                                                     \
+            switch (tm) {                                                                                   \
+                case 1: DOT(1, NB); return;                                                                 \
+                case 2: DOT(2, NB); return;                                                                 \
+                case 3: DOT(3, NB); return;                                                                 \
+                default: DOT(4, NB); return;                                                                \
+            }                                                                                               \
+        }                                                                                                   \
+        switch (tm) {                                                                                       \
+            case 1: DOT(1, 1); return;                                                                      \
+            case 2: DOT(2, 1); return;                                                                      \
+            case 3: DOT(3, 1); return;                                                                      \
+            default: DOT(4, 1); return;                                                                     \
+        }                                                                                                   \
+    } while (0)
+
 static void tile_f32(const float *buf, const float *x, int64_t k_in, int64_t k0, int64_t count, int tm, int nb,
                      __m512 *acc_mem) {
 #define DOT_F32(TMC, NBC) dot_f32(buf, x, k_in, k0, count, TMC, NBC, acc_mem)
-    if (nb == NB) { /* else nb == 1 */
-        switch (tm) {
-            case 1: DOT_F32(1, NB); return;
-            case 2: DOT_F32(2, NB); return;
-            case 3: DOT_F32(3, NB); return;
-            default: DOT_F32(4, NB); return;
-        }
-    }
-    switch (tm) {
-        case 1: DOT_F32(1, 1); return;
-        case 2: DOT_F32(2, 1); return;
-        case 3: DOT_F32(3, 1); return;
-        default: DOT_F32(4, 1); return;
-    }
+    DISPATCH_TILE(DOT_F32);
 #undef DOT_F32
 }
 
@@ -252,20 +258,7 @@ static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *buf, 
 static void tile_bf16(const uint16_t *buf, const uint16_t *x, int64_t k_in, int64_t k0, int64_t count, int tm,
                       int nb, __m512 *acc_mem) {
 #define DOT_BF16(TMC, NBC) dot_bf16(buf, x, k_in, k0, count, TMC, NBC, acc_mem)
-    if (nb == NB) { /* else nb == 1 */
-        switch (tm) {
-            case 1: DOT_BF16(1, NB); return;
-            case 2: DOT_BF16(2, NB); return;
-            case 3: DOT_BF16(3, NB); return;
-            default: DOT_BF16(4, NB); return;
-        }
-    }
-    switch (tm) {
-        case 1: DOT_BF16(1, 1); return;
-        case 2: DOT_BF16(2, 1); return;
-        case 3: DOT_BF16(3, 1); return;
-        default: DOT_BF16(4, 1); return;
-    }
+    DISPATCH_TILE(DOT_BF16);
 #undef DOT_BF16
 }
 #endif
