@@ -13,7 +13,8 @@ Prints a table (and --json). Noisy machine: medians of several repeats.
     .venv-vllm/bin/python benchmarks/vllm_decode.py --only mixed_le6 --enforce-eager
 
 Set MPQ_VLLM_PREFER=ours to run GPTQ/AWQ layers on mpq-serving's kernels instead of vLLM's (the
-`<model>_ours` rows do that, e.g. `mixed_default_ours`), which is how the ≤6-bit plan's speed is explained.
+`<model>_ours` rows do that, e.g. `mixed_default_ours`); on CPU that is the default, and `<model>_vllm`
+rows set MPQ_VLLM_PREFER=vllm to keep vLLM's own int4 method (`--only bf16 gptq_int4_vllm gptq_int4`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def prepare_models(names: list[str], work: Path) -> dict[str, Path]:
     base = prepare_smollm2(progress=False)
     plans = {**{k: plan_from_dict(v) for k, v in PLANS.items()}, "mixed_default": load_plan(REPO / "configs" / "smollm2_mixed.yaml"),
              "mixed_int4_int8": load_plan(REPO / "benchmarks" / "plans" / "smollm2_mixed_int4_int8.yaml")}
-    plans.update({f"{name}_ours": plan for name, plan in list(plans.items())})  # same plan, MPQ_VLLM_PREFER=ours
+    for name, plan in list(plans.items()):  # the same plan with MPQ_VLLM_PREFER=ours / =vllm
+        plans[f"{name}_ours"] = plans[f"{name}_vllm"] = plan
     out = {}
     for name in names:
         out[name] = base if name == "bf16" else pack(plans[name], work / name, base, progress=False)
@@ -128,7 +130,8 @@ def main() -> None:
         passes: dict[str, list[dict[str, float]]] = {name: [] for name in args.only}
         for p in range(args.passes):
             for name in tqdm(args.only, desc=f"pass {p + 1}/{args.passes}"):
-                env = {"MPQ_VLLM_PREFER": "ours"} if name.endswith("_ours") else {}
+                prefer = name.rpartition("_")[2]
+                env = {"MPQ_VLLM_PREFER": prefer} if prefer in ("ours", "vllm") else {}
                 extra = ["--enforce-eager"] if args.enforce_eager else []
                 with VllmServer(models[name], work / f"server-{name}-{p}", extra, env=env, max_num_seqs=8) as server:
                     passes[name].append(asyncio.run(measure(server.base_url, args.repeats, args.max_tokens)))

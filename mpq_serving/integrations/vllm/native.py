@@ -31,8 +31,9 @@ def cpu_int4_kernel_available() -> bool:
 
 
 PREFER_ENV = "MPQ_VLLM_PREFER"
-# Measured side by side (benchmarks/results/vllm-decode-smollm2.md): uniform gptq_int4 SmolLM2 decodes at
-# 33.4 tok/s on torch's int4pack through our kernels vs 28.0 on cpu_gemm_wna16 (batch 1; 150 vs 136 at 8).
+# Measured side by side (benchmarks/results/vllm-int4-routing-smollm2.md, two interleaved passes): uniform
+# gptq_int4 SmolLM2 decodes at 31.1 tok/s on torch's int4pack through our kernels vs 25.5 on cpu_gemm_wna16
+# (batch 1; 153 vs 129 at batch 8).
 CPU_PREFER_OURS = ("on CPU torch's int4pack (our kernels) decodes faster than vLLM's cpu_gemm_wna16; "
                    f"{PREFER_ENV}=vllm keeps vLLM's method")
 
